@@ -1,0 +1,83 @@
+// Argument checks shared by every op's CPU and CUDA entry points. Each message names the op and the
+// argument, so a bad call from Python reads e.g.
+//   ValueError: radd_fast.rotary: 'qkv' must have shape (B, L, 3, heads, head_dim), got [2, 5, 3]
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <initializer_list>
+#include <sstream>
+#include <string>
+
+namespace radd_fast {
+
+// torch's Python spelling of a dtype (float32, not Float), so messages read as they do in Python.
+inline const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return c10::toString(t);
+  }
+}
+
+inline std::string dtype_list(std::initializer_list<at::ScalarType> ok) {
+  std::ostringstream s;
+  bool first = true;
+  for (auto t : ok) {
+    s << (first ? "" : ", ") << dtype_name(t);
+    first = false;
+  }
+  return s.str();
+}
+
+inline void check_defined(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.defined(), "radd_fast.", op, ": '", name, "' is undefined");
+}
+
+inline void check_dtype(const at::Tensor& t, std::initializer_list<at::ScalarType> ok, const char* op,
+                        const char* name) {
+  for (auto d : ok)
+    if (t.scalar_type() == d) return;
+  TORCH_CHECK_TYPE(false, "radd_fast.", op, ": '", name, "' must have dtype ", dtype_list(ok), ", got ",
+                   dtype_name(t.scalar_type()));
+}
+
+inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const char* op, const char* name_a,
+                             const char* name_b) {
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "radd_fast.", op, ": '", name_b,
+                   "' must have the dtype of '", name_a, "' (", dtype_name(a.scalar_type()), "), got ",
+                   dtype_name(b.scalar_type()));
+}
+
+inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op, const char* name_a,
+                              const char* name_b) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), "radd_fast.", op, ": '", name_b, "' must be on the device of '",
+                    name_a, "' (", a.device(), "), got ", b.device());
+}
+
+inline void check_device_type(const at::Tensor& t, c10::DeviceType type, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.device().type() == type, "radd_fast.", op, ": '", name, "' must be a ",
+                    c10::DeviceTypeName(type, /*lower_case=*/true), " tensor for this kernel, got ", t.device());
+}
+
+inline void check_contiguous(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.is_contiguous(), "radd_fast.", op, ": '", name,
+                    "' must be contiguous (call .contiguous() first), got strides ", t.strides(),
+                    " for shape ", t.sizes());
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* name, const char* shape) {
+  TORCH_CHECK_VALUE(t.dim() == dim, "radd_fast.", op, ": '", name, "' must have shape ", shape, ", got ",
+                    t.sizes());
+}
+
+}  // namespace radd_fast

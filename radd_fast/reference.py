@@ -1,0 +1,328 @@
+"""Pure-PyTorch oracles for everything the compiled kernels compute.
+
+Each function here is written from the math (shared/design/radd-math.md), favours clarity over
+speed, and is exact in float64. They serve three roles: the oracle of every kernel test, the
+fallback when the extension is unavailable (``impl="reference"``), and the baseline of the benchmarks.
+Arithmetic happens in float64 for float64 inputs and in float32 otherwise (the kernels' accumulator
+precision), unless a function says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+__all__ = [
+    "accumulate_dtype",
+    "rotary_tables",
+    "rotary",
+    "masked_attention",
+    "attention_mask",
+    "linear_dce_loss",
+    "LogLinearSchedule",
+    "sampling_grid",
+    "expected_nfe",
+    "top_k_filter",
+    "top_p_filter",
+    "filter_logits",
+    "sample_cached",
+]
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision the kernels accumulate in for inputs of `dtype`."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------- rotary
+def rotary_tables(
+    seq_len: int,
+    head_dim: int,
+    base: float = 10_000.0,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    inv_freq: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each (seq_len, head_dim // 2).
+
+    Angle of position p and pair d is p * inv_freq[d], inv_freq[d] = base ** (-2d / head_dim), as in
+    the reference network (which computes them in fp32 and stores (seq_len, head_dim) tables with
+    both halves equal; we keep one half). `inv_freq` overrides the formula (e.g. a checkpoint's
+    ``rotary_emb.inv_freq`` buffer).
+    """
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"radd_fast.rotary_tables: 'head_dim' must be a positive even number, got {head_dim}")
+    if seq_len < 0:
+        raise ValueError(f"radd_fast.rotary_tables: 'seq_len' must be >= 0, got {seq_len}")
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"radd_fast.rotary_tables: 'dtype' must be float32 or float64, got {dtype}")
+    if inv_freq is None:
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim))
+    else:
+        if inv_freq.shape != (head_dim // 2,):
+            raise ValueError(
+                f"radd_fast.rotary_tables: 'inv_freq' must have shape ({head_dim // 2},), got {list(inv_freq.shape)}"
+            )
+        inv_freq = inv_freq.to(device=device, dtype=dtype)
+    t = torch.arange(seq_len, device=inv_freq.device, dtype=dtype)
+    freqs = torch.outer(t, inv_freq)
+    return freqs.cos().contiguous(), freqs.sin().contiguous()
+
+
+def rotary(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    inverse: bool = False,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Rotate q and k of a packed qkv (B, L, 3, H, D) with the NeoX rotate-half convention; v is copied.
+
+    Computed in the tables' dtype by default and rounded once to qkv's dtype (what the kernels do).
+    ``compute_dtype=qkv.dtype`` instead reproduces the reference network's arithmetic, which casts the
+    tables to the activation dtype first (its error is the baseline of the low-precision tests).
+    """
+    L, D = qkv.shape[1], qkv.shape[4]
+    cdt = compute_dtype or cos.dtype
+    c = cos[:L].to(cdt)[None, :, None, :]
+    s = sin[:L].to(cdt)[None, :, None, :]
+    if inverse:
+        s = -s
+    q, k, v = qkv.unbind(2)
+
+    def rot(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(cdt)
+        x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(qkv.dtype)
+
+    return torch.stack((rot(q), rot(k), v), dim=2)
+
+
+# ------------------------------------------------------------------------------------------ attention
+def attention_mask(
+    B: int,
+    L: int,
+    key_padding_mask: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
+    strict: bool = False,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The dense (B, L_query, L_key) boolean mask that `order` and `key_padding_mask` describe.
+
+    Query i may attend key j iff key j is not padding and (no order, or order[j] < order[i], or
+    order[j] == order[i] when not strict). The kernels never build this; the oracle does.
+    """
+    allowed = torch.ones(B, L, L, dtype=torch.bool, device=device)
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask.to(torch.bool)[:, None, :]
+    if order is not None:
+        oq, ok = order[:, :, None], order[:, None, :]
+        allowed = allowed & ((ok < oq) | ((ok == oq) & (not strict)))
+    return allowed
+
+
+def masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
+    strict: bool = False,
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Softmax attention of q, k, v (B, L, H, D) under the mask of `attention_mask`.
+
+    A query with no allowed key outputs zeros (and gets zero gradients), never NaN; its logsumexp
+    is -inf. Returns the output in q's dtype, and with `return_lse` also the (B, H, L) logsumexp of
+    the scaled scores in the accumulation dtype.
+    """
+    B, L, H, D = q.shape
+    acc = accumulate_dtype(q.dtype)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    s = torch.einsum("bihd,bjhd->bhij", q.to(acc), k.to(acc)) * scale
+    allowed = attention_mask(B, L, key_padding_mask, order, strict, device=q.device)[:, None]
+    any_allowed = allowed.any(-1, keepdim=True)
+    # Rows with no allowed key: softmax over zeros keeps everything finite; the output is zeroed below.
+    s = torch.where(any_allowed, s.masked_fill(~allowed, float("-inf")), torch.zeros_like(s))
+    p = torch.where(any_allowed, torch.softmax(s, dim=-1), torch.zeros_like(s))
+    out = torch.einsum("bhij,bjhd->bihd", p, v.to(acc)).to(q.dtype)
+    if not return_lse:
+        return out
+    lse = torch.where(any_allowed[..., 0], torch.logsumexp(s, dim=-1), torch.full_like(s[..., 0], float("-inf")))
+    return out, lse
+
+
+# ------------------------------------------------------------------------------- linear cross-entropy
+def linear_dce_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    row_weight: torch.Tensor,
+    num_classes: int | None = None,
+    reduction: str = "sum",
+) -> torch.Tensor:
+    """Weighted cross-entropy of the linear layer's logits, materialising them (the oracle).
+
+    loss_r = row_weight[r] * (logsumexp_{c < num_classes}(h_r . W_c + b_c) - (h_r . W_t + b_t)),
+    t = target[r]; num_classes defaults to weight.shape[0] - 1 (the mask column is never a class).
+    Rows with weight 0 contribute exactly 0. reduction "sum" returns a scalar, "none" the (N,) losses;
+    both in the accumulation dtype.
+    """
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"radd_fast.linear_dce_loss: 'reduction' must be 'sum' or 'none', got {reduction!r}")
+    C = weight.shape[0]
+    nc = C - 1 if num_classes is None else num_classes
+    acc = accumulate_dtype(hidden.dtype)
+    logits = hidden.to(acc) @ weight[:nc].to(acc).T
+    if bias is not None:
+        logits = logits + bias[:nc].to(acc)
+    lse = torch.logsumexp(logits, dim=-1)
+    target_logit = logits.gather(1, target.long()[:, None]).squeeze(1)
+    w = row_weight.to(acc)
+    loss = torch.where(w != 0, w * (lse - target_logit), torch.zeros_like(lse))
+    return loss.sum() if reduction == "sum" else loss
+
+
+# ------------------------------------------------------------------------------------ noise schedule
+class LogLinearSchedule:
+    """The log-linear schedule of RADD/SEDD: P(token masked at time t) = (1 - eps) t.
+
+    sigma_bar(t) = -log(1 - (1 - eps) t), sigma_bar'(t) = (1 - eps) / (1 - (1 - eps) t),
+    alpha(t) = exp(-sigma_bar(t)) = 1 - (1 - eps) t (probability that a token is still clean).
+    """
+
+    def __init__(self, eps: float = 1e-3):
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"LogLinearSchedule: 'eps' must be in [0, 1), got {eps}")
+        self.eps = eps
+
+    def sigma_bar(self, t):
+        return -torch.log1p(-(1 - self.eps) * torch.as_tensor(t, dtype=torch.float64))
+
+    def dsigma_bar(self, t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return (1 - self.eps) / (1 - (1 - self.eps) * t)
+
+    def alpha(self, t):
+        return torch.exp(-self.sigma_bar(t))
+
+    def mask_prob(self, t):
+        """1 - alpha(t) = (1 - eps) t."""
+        return (1 - self.eps) * torch.as_tensor(t, dtype=torch.float64)
+
+    def dce_weight(self, t):
+        """sigma_bar'(t) alpha(t) / (1 - alpha(t)): the t-DCE/DSE weight; equals 1 / t."""
+        a = self.alpha(t)
+        return self.dsigma_bar(t) * a / (1 - a)
+
+    def reveal_prob(self, t, s):
+        """P(a token masked at t is clean at s < t) = (alpha(s) - alpha(t)) / (1 - alpha(t)) = (t - s) / t."""
+        at, as_ = self.alpha(t), self.alpha(s)
+        return (as_ - at) / (1 - at)
+
+
+def sampling_grid(steps: int, delta: float = 1e-5, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The reverse-process time grid: linspace(1, delta, steps + 1)."""
+    if steps < 1:
+        raise ValueError(f"radd_fast: 'steps' must be >= 1, got {steps}")
+    return torch.linspace(1.0, delta, steps + 1, dtype=dtype)
+
+
+def expected_nfe(length: int, steps: int) -> float:
+    """E[network evaluations per sequence] of the cached sampler: steps * (1 - (1 - 1/steps)^length).
+
+    The number of distinct reveal steps of `length` positions whose reveal steps are independent and
+    uniform over `steps` intervals.
+    """
+    return steps * (1.0 - (1.0 - 1.0 / steps) ** length)
+
+
+# -------------------------------------------------------------------------------------------- sampling
+def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Keep the k largest logits of each row (all logits tied with the k-th are kept), -inf elsewhere."""
+    if k is None or k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most probable tokens whose total probability >= p.
+
+    Token i (by decreasing probability) is kept iff the probability of the tokens before it is < p,
+    so the most probable token is always kept. p = 1 (or None) keeps everything.
+    """
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits.to(torch.float64), dim=-1)
+    before = torch.cumsum(probs, dim=-1) - probs
+    remove_sorted = before >= p
+    remove = torch.zeros_like(remove_sorted).scatter(-1, idx, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """Temperature, then top-k, then top-p, in float64."""
+    x = logits.to(torch.float64) / temperature
+    return top_p_filter(top_k_filter(x, top_k), top_p)
+
+
+@torch.no_grad()
+def sample_cached(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x_init: torch.Tensor,
+    steps: int,
+    mask_id: int,
+    *,
+    schedule: LogLinearSchedule | None = None,
+    delta: float = 1e-5,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference step-by-step sampler with the per-sequence cache.
+
+    `model(x)` maps tokens (b, L) to logits or log-probabilities over the real tokens (b, L, V).
+    Positions of `x_init` equal to `mask_id` are generated, the others (prompt, suffix, infill
+    context) are kept. At step k, from t = grid[k] to s = grid[k+1], every masked token is revealed
+    independently with probability reveal_prob(t, s) (all of them at the last step), with a value
+    drawn from softmax(filter_logits(model(x))). The network runs only for sequences that reveal
+    something in that step: its output changes only when its input does, so each such step needs
+    exactly one evaluation and the others none.
+
+    Returns the tokens and the number of network evaluations of each sequence.
+    """
+    schedule = schedule or LogLinearSchedule()
+    grid = sampling_grid(steps, delta)
+    x = x_init.clone()
+    B, L = x.shape
+    nfe = torch.zeros(B, dtype=torch.int64, device=x.device)
+    for i in range(steps):
+        masked = x == mask_id
+        if i == steps - 1:
+            reveal = masked
+        else:
+            p = float(schedule.reveal_prob(grid[i], grid[i + 1]))
+            u = torch.rand(B, L, generator=generator, dtype=torch.float64, device=x.device)
+            reveal = masked & (u < p)
+        active = reveal.any(dim=1).nonzero().squeeze(1)
+        if active.numel() == 0:
+            continue
+        nfe[active] += 1
+        logits = filter_logits(model(x[active]), temperature, top_k, top_p)
+        rows = reveal[active]
+        probs = torch.softmax(logits[rows], dim=-1)
+        drawn = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        xa = x[active]
+        xa[rows] = drawn.to(x.dtype)
+        x[active] = xa
+    return x, nfe
