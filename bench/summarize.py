@@ -1,0 +1,55 @@
+"""Short table of a gpu_check.sh run: stage results, test counts, benchmark figures and speed-ups.
+
+    python bench/summarize.py RESULTS_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[1] if len(argv) > 1 else "gpu_results")
+    print("=" * 100)
+    machine = out / "machine.txt"
+    if machine.exists():
+        print(" | ".join(machine.read_text().split("\n")[:3]))
+    stages = out / "stages.tsv"
+    if stages.exists():
+        for line in stages.read_text().splitlines():
+            name, rc, secs = line.split("\t")
+            print(f"stage {name:<6} {'ok' if rc == '0' else 'FAILED (exit ' + rc + ')':<16} {secs}")
+    junit = out / "tests.xml"
+    if junit.exists():
+        root = ET.parse(junit).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        a = suite.attrib
+        print(f"tests  {a.get('tests')} run, {a.get('failures')} failed, {a.get('errors')} errors, "
+              f"{a.get('skipped')} skipped")
+        for case in suite.iter("testcase"):
+            bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+            if bad is not None:
+                print(f"  FAIL {case.get('classname')}::{case.get('name')}: {(bad.get('message') or '')[:150]}")
+    bj = out / "bench.json"
+    if bj.exists():
+        data = json.loads(bj.read_text())
+        groups: dict[str, list] = {}
+        for b in data["benchmarks"]:
+            groups.setdefault(b["group"], []).append(b)
+        print(f"{'benchmark group':<44} {'impl':<10} {'mean ms':>9} {'rate':>16} {'vs ref':>7}")
+        for g, rows in groups.items():
+            ref = next((r["stats"]["mean"] for r in rows if r["extra_info"].get("impl") == "reference"), None)
+            for r in rows:
+                e, mean = r["extra_info"], r["stats"]["mean"]
+                rate = (f"{e['TFLOP/s']} TFLOP/s" if "TFLOP/s" in e else f"{e['GB/s']} GB/s" if "GB/s" in e else "")
+                sp = f"{ref / mean:.2f}x" if ref else "-"
+                print(f"{g[:44]:<44} {e.get('impl', '?'):<10} {mean * 1e3:>9.3f} {rate:>16} {sp:>7}")
+    print("=" * 100)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
