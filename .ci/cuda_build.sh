@@ -5,7 +5,7 @@
 #   usage: .ci/cuda_build.sh [VENV_DIR]   (default .venv-cuda; created with torch 2.14.1 if missing)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${1:-$root/.venv-cuda}
+venv=$(realpath -m "${1:-$root/.venv-cuda}")
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q torch==2.14.1 numpy ninja "setuptools>=77" wheel
