@@ -1,8 +1,49 @@
-"""The `radd-fast` command line."""
+"""The `radd-fast` command line: info, train, sample, demo."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field, with its default and type."""
+    from .train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        t = hints[f.name]
+        if f.name == "model_overrides":
+            p.add_argument("--set", dest="model_overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a model preset field, e.g. --set n_blocks=2 (repeatable)")
+        elif t is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
+            p.add_argument(flag, type=base, default=default, metavar=f.name.upper())
+    p.set_defaults(model="tiny")
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    from .model import RADDConfig
+
+    types = {f.name: f.type for f in dataclasses.fields(RADDConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"radd-fast: --set expects KEY=VALUE with KEY one of {', '.join(types)}, got {item!r}")
+        cast = {"int": int, "float": float, "str": str}.get(str(types[key]), str)
+        try:
+            out[key] = cast(value)
+        except ValueError:
+            raise SystemExit(f"radd-fast: --set {key}: {value!r} is not a valid {types[key]}") from None
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -12,15 +53,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("info", help="versions, build, kernels per device, visible GPU")
+
+    t = sub.add_parser("train", help="train a model (torchrun --nproc-per-node N for several processes)")
+    _train_options(t)
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint")
+    s.add_argument("--ckpt", required=True, help="a model folder or a training checkpoint folder")
+    s.add_argument("--steps", type=int, default=128, help="sampling steps n (default 128)")
+    s.add_argument("--num-samples", type=int, default=2)
+    s.add_argument("--length", type=int, default=None, help="tokens per sample (default: the model's length)")
+    s.add_argument("--prompt", default=None, help="text the samples start with (never re-masked)")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
+                   help="ema weights of a training checkpoint when present (auto), or the raw ones")
+    s.add_argument("--tokenizer-path", default=None, help="folder of GPT-2's encoder.json and vocab.bpe")
+
+    d = sub.add_parser("demo", help="the main job: train the tiny byte-level model on the CPU, sample, evaluate")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--minutes", type=float, default=3.0, help="training time budget (default 3)")
+    d.add_argument("--steps", type=int, default=100_000, help="step limit (the time budget usually ends it)")
+    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--set", dest="model_overrides", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"radd-fast {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     if args.command == "info":
         from . import info
 
         return info.main()
+    if args.command == "train":
+        from .train import TrainConfig, train
+
+        kw = {k: v for k, v in vars(args).items() if k != "command"}
+        kw["model_overrides"] = _parse_overrides(kw["model_overrides"])
+        res = train(TrainConfig(**kw))
+        print(json.dumps({k: v for k, v in res.items() if k not in ("model", "ema")}))
+        return 0
+    if args.command == "sample":
+        from .sampling import sample_text
+
+        for i, text in enumerate(sample_text(
+                args.ckpt, steps=args.steps, num_samples=args.num_samples, length=args.length, prompt=args.prompt,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                device=args.device, weights=args.weights, tokenizer_path=args.tokenizer_path)):
+            print(f"--- sample {i}\n{text}")
+        return 0
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(out=args.out, minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                 model_overrides=_parse_overrides(args.model_overrides), progress=args.progress)
+        return 0
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
 
 

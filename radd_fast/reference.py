@@ -326,3 +326,60 @@ def sample_cached(
         xa[rows] = drawn.to(x.dtype)
         x[active] = xa
     return x, nfe
+
+
+# ------------------------------------------------------------------------------- the reference network
+def radd_forward(
+    params: dict[str, torch.Tensor],
+    tokens: torch.Tensor,
+    n_heads: int,
+    dropout: float = 0.0,
+    return_hidden: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The reference RADD network of radd-math.md, as one function of a reference-layout state dict.
+
+    Keys: vocab_embed.embedding, rotary_emb.inv_freq, blocks.{i}.{norm1,norm2}.{weight,bias},
+    blocks.{i}.attn_qkv.weight, blocks.{i}.attn_out.weight, blocks.{i}.mlp.{0,2}.{weight,bias},
+    output_layer.norm_final.{weight,bias}, output_layer.linear.{weight,bias}.
+    Pre-LN blocks, LayerNorm in (at least) fp32, rotary on q and k (rotate-half, tables from
+    inv_freq), dense bidirectional attention, GELU(tanh) MLP, log_softmax over the first V of the V+1
+    output columns. Returns log-probabilities (B, L, V), or the final LayerNorm's output with
+    `return_hidden`. Written for clarity; it materialises everything.
+    """
+    emb = params["vocab_embed.embedding"]
+    V = emb.shape[0] - 1
+    H = emb.shape[1]
+    hd = H // n_heads
+    B, L = tokens.shape
+    acc = torch.promote_types(emb.dtype, torch.float32)
+
+    def layer_norm(x, prefix):
+        y = torch.nn.functional.layer_norm(x.to(acc), (H,))
+        return y * params[prefix + ".weight"].to(acc) + params[prefix + ".bias"].to(acc)
+
+    def drop(x):
+        if dropout == 0.0:
+            return x
+        keep = torch.rand(x.shape, generator=generator, device=x.device) >= dropout
+        return x * keep / (1 - dropout)
+
+    inv_freq = params["rotary_emb.inv_freq"]
+    cos, sin = rotary_tables(L, hd, dtype=inv_freq.dtype, inv_freq=inv_freq, device=tokens.device)
+    x = emb[tokens]
+    n_blocks = 1 + max(int(k.split(".")[1]) for k in params if k.startswith("blocks."))
+    for i in range(n_blocks):
+        p = f"blocks.{i}."
+        h = layer_norm(x, p + "norm1").to(x.dtype)
+        qkv = (h @ params[p + "attn_qkv.weight"].T).view(B, L, 3, n_heads, hd)
+        qkv = rotary(qkv, cos, sin)
+        a = masked_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        x = x + drop(a.reshape(B, L, H) @ params[p + "attn_out.weight"].T)
+        h = layer_norm(x, p + "norm2").to(x.dtype)
+        h = torch.nn.functional.gelu(h @ params[p + "mlp.0.weight"].T + params[p + "mlp.0.bias"], approximate="tanh")
+        x = x + drop(h @ params[p + "mlp.2.weight"].T + params[p + "mlp.2.bias"])
+    h = layer_norm(x, "output_layer.norm_final")
+    if return_hidden:
+        return h
+    logits = h @ params["output_layer.linear.weight"].to(acc).T + params["output_layer.linear.bias"].to(acc)
+    return torch.log_softmax(logits[..., :V], dim=-1)
