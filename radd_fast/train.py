@@ -45,6 +45,7 @@ class TrainConfig:
     grad_accum: int = 1
     steps: int = 1000
     max_minutes: float | None = None  # stop (and save) once this much wall time has passed
+    stop_at: int | None = None  # stop (and save) at this step, e.g. to split a run into jobs
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup: int = 100
@@ -314,7 +315,8 @@ def train(cfg: TrainConfig) -> dict:
                 f.write(json.dumps(record) + "\n")
         if bar is not None:
             bar.update(1)
-        out_of_time = cfg.max_minutes is not None and (time.time() - t_start) > 60 * cfg.max_minutes
+        out_of_time = (cfg.max_minutes is not None and (time.time() - t_start) > 60 * cfg.max_minutes) or (
+            cfg.stop_at is not None and step >= cfg.stop_at)
         if distributed:
             flag = torch.tensor(float(out_of_time), device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -322,7 +324,7 @@ def train(cfg: TrainConfig) -> dict:
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or out_of_time:
             save()
         if out_of_time:
-            log(f"stopping at step {step}: {cfg.max_minutes} minutes elapsed")
+            log(f"stopping at step {step} ({'stop_at' if cfg.stop_at is not None and step >= cfg.stop_at else f'{cfg.max_minutes} minutes elapsed'})")
             break
     if bar is not None:
         bar.close()
