@@ -216,6 +216,27 @@ inline int classify(const Mask& mk, const TileSummary& qs, const TileSummary& ks
   return classify_tile<int32_t>(qs.q_lo, qs.q_hi, ks.k_lo, ks.k_hi, ks.n_valid, n_keys, mk.has_order, mk.strict);
 }
 
+// x with the lanes whose key is hidden from the query replaced by `fill`; visible iff level < limit.
+// Forward: one key (level) against a vector of queries (limits). Backward: a vector of keys (levels)
+// against one query (limit). fp32 compares int32 lanes of the same width; fp64 goes lane by lane.
+template <typename acc_t>
+inline Vec<acc_t> mask_lanes(const Vec<acc_t>& x, const int32_t* level, bool level_is_vector, const int32_t* limit,
+                             bool limit_is_vector, acc_t fill) {
+  using V = Vec<acc_t>;
+  using VI = Vec<int32_t>;
+  if constexpr (std::is_same_v<acc_t, float> && VI::size() == V::size()) {
+    const VI lev = level_is_vector ? VI::loadu(level) : VI(*level);
+    const VI lim = limit_is_vector ? VI::loadu(limit) : VI(*limit);
+    return V::blendv(V(fill), x, at::vec::cast<float>(lev < lim));
+  } else {
+    acc_t buf[V::size()];
+    x.store(buf);
+    for (int i = 0; i < V::size(); ++i)
+      if (!(level[level_is_vector ? i : 0] < limit[limit_is_vector ? i : 0])) buf[i] = fill;
+    return V::loadu(buf);
+  }
+}
+
 // Strided view of a (B, L, H, D) tensor with a contiguous last dim.
 template <typename scalar_t>
 struct Rows {
@@ -310,21 +331,26 @@ void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
         }
         // S^T (bk x kBQ) = K Q^T: row j holds key j0 + j's scaled score against every query.
         gemm<acc_t>(bk, kBQ, Dp, kp, ldk, 1, qt.data(), kBQ, st.data(), kBQ, false);
-        // Masked elements become -inf (a loop the compiler vectorises: int32 compare + blend).
-        if (vis == kTilePartial) {
-          for (int64_t j = 0; j < bk; ++j) {
-            acc_t* row = st.data() + j * kBQ;
-            const int32_t lev = mk.level[b * L + j0 + j];
-            for (int64_t i = 0; i < kBQ; ++i) row[i] = lev < qlim[i] ? row[i] : ninf;
-          }
-        }
         // Column max, the running max of every column vector in a register (a loop over rows
-        // through memory would serialise on store-to-load forwarding).
+        // through memory would serialise on store-to-load forwarding). In a partial tile the
+        // hidden scores become -inf first (stored back for the exp pass below).
         {
           V mx[kCols];
           for (int c = 0; c < kCols; ++c) mx[c] = V(ninf);
-          for (int64_t j = 0; j < bk; ++j)
-            for (int c = 0; c < kCols; ++c) mx[c] = at::vec::maximum(mx[c], V::loadu(st.data() + j * kBQ + c * VS));
+          if (vis == kTilePartial) {
+            for (int64_t j = 0; j < bk; ++j) {
+              const int32_t* lev = mk.level.data() + b * L + j0 + j;
+              for (int c = 0; c < kCols; ++c) {
+                acc_t* x = st.data() + j * kBQ + c * VS;
+                const V y = mask_lanes<acc_t>(V::loadu(x), lev, false, qlim.data() + c * VS, true, ninf);
+                y.store(x);
+                mx[c] = at::vec::maximum(mx[c], y);
+              }
+            }
+          } else {
+            for (int64_t j = 0; j < bk; ++j)
+              for (int c = 0; c < kCols; ++c) mx[c] = at::vec::maximum(mx[c], V::loadu(st.data() + j * kBQ + c * VS));
+          }
           for (int c = 0; c < kCols; ++c) mx[c].store(colmax.data() + c * VS);
         }
         for (int64_t i = 0; i < kBQ; ++i) {
@@ -414,6 +440,7 @@ void backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor&
   at::parallel_for(0, B * H * chunks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<acc_t> kt(Dp * kBK), vt(Dp * kBK), kpack(direct ? 0 : kBK * Dp), qpack(direct ? 0 : kBQ * Dp),
         dopack(direct ? 0 : kBQ * Dp), s(kBQ * kBK), ds(kBQ * kBK), dk_acc(kBK * Dp), dv_acc(kBK * Dp);
+    std::vector<int32_t> lev(kBK);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t chunk = task % chunks, bh = task / chunks, b = bh / H, h = bh % H;
       acc_t* dqp = dq_part.data() + (bh * chunks + chunk) * L * Dp;
@@ -437,7 +464,10 @@ void backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor&
         }
         std::fill(dk_acc.begin(), dk_acc.end(), acc_t(0));
         std::fill(dv_acc.begin(), dv_acc.end(), acc_t(0));
-        const int32_t* lev = mk.active ? mk.level.data() + b * L + j0 : nullptr;
+        // Levels of the tile's keys, slots past L hidden (so whole vectors can be compared).
+        if (mk.active)
+          for (int64_t j = 0; j < kBK; ++j)
+            lev[j] = j < bk ? mk.level[b * L + j0 + j] : std::numeric_limits<int32_t>::max();
         for (int64_t qti = 0; qti < nqt; ++qti) {
           const int64_t i0 = qti * kBQ, bq = std::min(kBQ, L - i0);
           const int vis = classify(mk, qsum[b * nqt + qti], ksum[b * nkt + kti], bk);
@@ -460,14 +490,15 @@ void backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor&
             const V offv(backward_offset(lse[r])), dl(delta[r]), sc(scale);
             acc_t* srow = s.data() + i * kBK;
             acc_t* drow = ds.data() + i * kBK;
-            for (int64_t c = 0; c < kBK; c += VS) vexp(V::loadu(srow + c) - offv).store(srow + c);
-            if (vis == kTilePartial) {
-              const int32_t lim = mk.limit[b * L + i0 + i];
-              for (int64_t j = 0; j < bk; ++j) srow[j] = lev[j] < lim ? srow[j] : acc_t(0);
+            // P = exp(S - lse), hidden keys 0; dS = P (dP - delta), times the scale: the gradient
+            // w.r.t. the unscaled q k^T.
+            const int32_t* lim = vis == kTilePartial ? mk.limit.data() + b * L + i0 + i : nullptr;
+            for (int64_t c = 0; c < kBK; c += VS) {
+              V p = vexp(V::loadu(srow + c) - offv);
+              if (lim) p = mask_lanes<acc_t>(p, lev.data() + c, true, lim, false, acc_t(0));
+              p.store(srow + c);
+              (softmax_grad(p, V::loadu(drow + c), dl) * sc).store(drow + c);
             }
-            // dS, pre-multiplied by the scale: the gradient w.r.t. the unscaled q k^T.
-            for (int64_t c = 0; c < kBK; c += VS)
-              (softmax_grad(V::loadu(srow + c), V::loadu(drow + c), dl) * sc).store(drow + c);
           }
           // dV += P^T dO, dK += dS^T Q: A(j, i) = P[i, j].
           gemm<acc_t>(bk, Dp, bq, s.data(), 1, kBK, dop, ldo, dv_acc.data(), Dp, true);
