@@ -39,9 +39,10 @@ def main(argv: list[str]) -> int:
         groups: dict[str, list] = {}
         for b in data["benchmarks"]:
             groups.setdefault(b["group"], []).append(b)
-        print(f"{'benchmark group':<44} {'impl':<10} {'mean ms':>9} {'rate':>16} {'vs ref':>7}")
+        print(f"{'benchmark group':<44} {'impl':<10} {'mean ms':>9} {'rate':>16} {'vs base':>7}")
         for g, rows in groups.items():
-            ref = next((r["stats"]["mean"] for r in rows if r["extra_info"].get("impl") == "reference"), None)
+            base = rows[0]["extra_info"].get("baseline", "reference")
+            ref = next((r["stats"]["mean"] for r in rows if r["extra_info"].get("impl") == base), None)
             for r in rows:
                 e, mean = r["extra_info"], r["stats"]["mean"]
                 rate = (f"{e['TFLOP/s']} TFLOP/s" if "TFLOP/s" in e else f"{e['GB/s']} GB/s" if "GB/s" in e else "")

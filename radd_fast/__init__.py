@@ -9,5 +9,6 @@ __version__ = "0.1.0"
 
 from . import _extension, ops, reference  # noqa: E402  (ops registers fake kernels and autograd)
 from .functional import rotary, rotary_tables  # noqa: E402
+from .functional import masked_attention  # noqa: E402
 
-__all__ = ["rotary", "rotary_tables", "reference", "ops", "__version__"]
+__all__ = ["rotary", "rotary_tables", "masked_attention", "reference", "ops", "__version__"]

@@ -67,3 +67,92 @@ def check_rotary(qkv, cos, sin, op: str = "rotary") -> None:
                 f"got {str(t.dtype).replace('torch.', '')}"
             )
         check_contiguous(t, op, n)
+
+
+# ------------------------------------------------------------------------------------ masked attention
+import math  # noqa: E402  (kept with this section, which other branches append after)
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def _check_qkv_layout(t: torch.Tensor, op: str, name: str) -> None:
+    if t.numel() > 0 and t.shape[3] > 1 and t.stride(3) != 1:
+        raise ValueError(
+            f"radd_fast.{op}: '{name}' must be contiguous in its last dim (head_dim); got strides "
+            f"{list(t.stride())} for shape {list(t.shape)} (call .contiguous() first)"
+        )
+
+
+def check_masked_attention(q, k, v, key_padding_mask=None, order=None, scale=1.0, op: str = "masked_attention") -> None:
+    """Mirrors check_fwd_args of csrc/attention/attention.h."""
+    for t, n in ((q, "q"), (k, "k"), (v, "v")):
+        check_tensor(t, op, n)
+    check_dim(q, 4, op, "q", "(B, L, heads, head_dim)")
+    check_dtype(q, (torch.float32, torch.float64, torch.bfloat16, torch.float16), op, "q")
+    for t, n in ((k, "k"), (v, "v")):
+        if t.shape != q.shape:
+            raise ValueError(f"radd_fast.{op}: '{n}' must have the shape of 'q' ({list(q.shape)}), got {list(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(
+                f"radd_fast.{op}: '{n}' must have the dtype of 'q' ({_dtype_name(q.dtype)}), got {_dtype_name(t.dtype)}"
+            )
+        check_same_device(q, t, op, "q", n)
+    if q.shape[3] <= 0:
+        raise ValueError(f"radd_fast.{op}: 'q' head_dim (last dim) must be positive, got {list(q.shape)}")
+    for t, n in ((q, "q"), (k, "k"), (v, "v")):
+        _check_qkv_layout(t, op, n)
+    B, L = q.shape[0], q.shape[1]
+    if key_padding_mask is not None:
+        check_tensor(key_padding_mask, op, "key_padding_mask")
+        check_same_device(q, key_padding_mask, op, "q", "key_padding_mask")
+        if key_padding_mask.dim() != 2 or tuple(key_padding_mask.shape) != (B, L):
+            raise ValueError(
+                f"radd_fast.{op}: 'key_padding_mask' must have shape (B, L) = ({B}, {L}), got {list(key_padding_mask.shape)}"
+            )
+        check_dtype(key_padding_mask, (torch.bool,), op, "key_padding_mask")
+    if order is not None:
+        check_tensor(order, op, "order")
+        check_same_device(q, order, op, "q", "order")
+        if order.dim() != 2 or tuple(order.shape) != (B, L):
+            raise ValueError(f"radd_fast.{op}: 'order' must have shape (B, L) = ({B}, {L}), got {list(order.shape)}")
+        check_dtype(order, (torch.int32, torch.int64), op, "order")
+    if not math.isfinite(scale):
+        raise ValueError(f"radd_fast.{op}: 'scale' must be finite, got {scale}")
+
+
+def check_masked_attention_cuda_head_dim(q: torch.Tensor, op: str = "masked_attention") -> None:
+    """The CUDA kernels are compiled for head_dim 32, 64 and 128 (csrc/attention/cuda.cu)."""
+    if q.device.type == "cuda" and q.shape[3] not in (32, 64, 128):
+        raise ValueError(f"radd_fast.{op}: head_dim (last dim of 'q') must be 32, 64 or 128 on CUDA, got {q.shape[3]}")
+
+
+def check_masked_attention_bwd(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, scale,
+                               op: str = "masked_attention_bwd") -> None:
+    """Mirrors check_bwd_args of csrc/attention/attention.h."""
+    check_masked_attention(q, k, v, key_padding_mask, order, scale, op)
+    for t, n in ((grad_out, "grad_out"), (out, "out")):
+        check_tensor(t, op, n)
+        if t.shape != q.shape:
+            raise ValueError(f"radd_fast.{op}: '{n}' must have the shape of 'q' ({list(q.shape)}), got {list(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(
+                f"radd_fast.{op}: '{n}' must have the dtype of 'q' ({_dtype_name(q.dtype)}), got {_dtype_name(t.dtype)}"
+            )
+        check_same_device(q, t, op, "q", n)
+        _check_qkv_layout(t, op, n)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    shape = [q.shape[0], q.shape[2], q.shape[1]]
+    for t, n in ((lse, "lse"), (grad_lse, "grad_lse")):
+        if t is None:
+            continue
+        check_tensor(t, op, n)
+        check_same_device(q, t, op, "q", n)
+        if list(t.shape) != shape:
+            raise ValueError(f"radd_fast.{op}: '{n}' must have shape (B, heads, L) = {shape}, got {list(t.shape)}")
+        if t.dtype != acc:
+            raise TypeError(
+                f"radd_fast.{op}: '{n}' must have dtype {_dtype_name(acc)} for {_dtype_name(q.dtype)} inputs, "
+                f"got {_dtype_name(t.dtype)}"
+            )

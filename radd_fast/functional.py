@@ -97,3 +97,52 @@ def rotary(
     ops.rotary_(qkv, cos, sin, inverse)
     return qkv
 
+
+
+# ----------------------------------------------------------------------------------- masked attention
+import math  # noqa: E402  (kept with this section, which other branches append after)
+
+
+def masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
+    strict: bool = False,
+    scale: float | None = None,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Softmax attention under a key-padding and an order mask, without an L x L tensor.
+
+    Query i of batch b may attend key j iff ``key_padding_mask[b, j]`` (when given) and, when
+    ``order`` is given, ``order[b, j] < order[b, i]`` or (``order[b, j] == order[b, i]`` and not
+    ``strict``). One order tensor expresses bidirectional attention (all equal, or None), causal
+    (order = position), any-order autoregression (a permutation), prefix-LM and block diffusion
+    (block ids). A query with no allowed key outputs zeros and gets zero gradients, never NaN.
+
+    Args:
+        q, k, v: (B, L, heads, head_dim), same dtype (float32, float64, bfloat16, float16) and
+            device, each contiguous in head_dim (other strides are free: the q/k/v slices of a packed
+            (B, L, 3, heads, head_dim) qkv need no copy). On CUDA head_dim must be 32, 64 or 128.
+        key_padding_mask: (B, L) bool, True for real keys; None means no padding.
+        order: (B, L) int32/int64; None means bidirectional.
+        strict: with ``order``, exclude keys of equal order (query i then never sees key i).
+        scale: score multiplier; default 1 / sqrt(head_dim).
+        impl: "auto", "fused" or "reference" (module docstring).
+
+    Returns:
+        (B, L, heads, head_dim) in q's dtype, accumulated in fp32 (fp64 for fp64 inputs). Under
+        ``torch.autocast`` fp32 inputs run in the autocast dtype.
+    """
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        _checks.check_tensor(t, "masked_attention", name)
+    _checks.check_dim(q, 4, "masked_attention", "q", "(B, L, heads, head_dim)")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
+    scale = float(scale)
+    if not use_fused("masked_attention_fwd", impl, q.device):
+        _checks.check_masked_attention(q, k, v, key_padding_mask, order, scale, "masked_attention")
+        return reference.masked_attention(q, k, v, key_padding_mask, order, strict, scale)
+    return ops.masked_attention_fwd(q, k, v, key_padding_mask, order, strict, scale)[0]

@@ -47,3 +47,67 @@ def _register() -> None:
 
 if _extension.AVAILABLE:
     _register()
+
+
+# ----------------------------------------------------------------------------------- masked attention
+def masked_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    order: torch.Tensor | None,
+    strict: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, L, H, D), lse (B, H, L)) of the fused masked attention; differentiable in q, k, v."""
+    return torch.ops.radd_fast.masked_attention_fwd.default(q, k, v, key_padding_mask, order, strict, scale)
+
+
+def masked_attention_bwd(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, strict: bool, scale: float):
+    """(dq, dk, dv) of masked_attention_fwd, from grad_out and (optionally) the gradient of lse."""
+    return torch.ops.radd_fast.masked_attention_bwd.default(
+        grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, strict, scale
+    )
+
+
+def _register_attention() -> None:
+    def _acc(dtype: torch.dtype) -> torch.dtype:
+        return torch.float64 if dtype == torch.float64 else torch.float32
+
+    @torch.library.register_fake("radd_fast::masked_attention_fwd")
+    def _fwd_fake(q, k, v, key_padding_mask, order, strict, scale):
+        _checks.check_masked_attention(q, k, v, key_padding_mask, order, scale, "masked_attention")
+        _checks.check_masked_attention_cuda_head_dim(q, "masked_attention")
+        B, L, H, _ = q.shape
+        return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=_acc(q.dtype))
+
+    @torch.library.register_fake("radd_fast::masked_attention_bwd")
+    def _bwd_fake(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, strict, scale):
+        _checks.check_masked_attention_bwd(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, scale)
+        _checks.check_masked_attention_cuda_head_dim(q, "masked_attention_bwd")
+        return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+    def _setup_context(ctx, inputs, output):
+        q, k, v, key_padding_mask, order, strict, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, order)
+        ctx.strict, ctx.scale = strict, scale
+        # Unused outputs (usually lse) arrive as None rather than as materialised zeros.
+        ctx.set_materialize_grads(False)
+
+    def _backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, key_padding_mask, order = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        elif grad_out.numel() > 0 and grad_out.shape[-1] > 1 and grad_out.stride(-1) != 1:
+            grad_out = grad_out.contiguous()
+        dq, dk, dv = masked_attention_bwd(
+            grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, ctx.strict, ctx.scale
+        )
+        return dq, dk, dv, None, None, None, None
+
+    torch.library.register_autograd("radd_fast::masked_attention_fwd", _backward, setup_context=_setup_context)
+
+
+if _extension.AVAILABLE and "masked_attention_fwd" in _extension.op_names():
+    _register_attention()

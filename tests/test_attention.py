@@ -1,0 +1,372 @@
+"""radd_fast.masked_attention: the compiled kernels against the float64 oracle (reference.py) for every
+mask pattern, gradients, opcheck, low precision, bad input, autograd / compile / autocast."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import radd_fast
+from radd_fast import reference as R
+
+PATTERNS = ["none", "bidirectional", "causal", "any_order", "prefix_lm", "block"]
+
+
+def make_order(pattern, B, L, device, dtype=torch.int64):
+    """The order tensor of each attention pattern (None: no order at all)."""
+    if pattern == "none":
+        return None
+    pos = torch.arange(L, device=device).expand(B, L)
+    if pattern == "bidirectional":
+        o = torch.zeros(B, L, dtype=torch.int64, device=device)
+    elif pattern == "causal":
+        o = pos.clone()
+    elif pattern == "any_order":  # a random permutation per sequence
+        o = torch.stack([torch.randperm(L, device=device) for _ in range(B)])
+    elif pattern == "prefix_lm":  # a random-length bidirectional prefix, causal after it
+        p = torch.randint(1, L + 1, (B, 1), device=device)
+        o = (pos - p + 1).clamp(min=0)
+    elif pattern == "block":  # block diffusion: bidirectional within blocks of 5, causal across
+        o = pos // 5
+    else:
+        raise ValueError(pattern)
+    return o.to(dtype)
+
+
+def make_pad(B, L, device, kind):
+    """Key padding: None, random (keep ~70%), or random with the whole of sequence 0 padded (every
+    query of it has no allowed key)."""
+    if kind == "none":
+        return None
+    m = torch.rand(B, L, device=device) > 0.3
+    if kind == "empty_row":
+        m[0] = False
+    return m
+
+
+def qkv(B, L, H, D, dtype, device, requires_grad=False):
+    out = [torch.randn(B, L, H, D, dtype=torch.float64, device=device).to(dtype) for _ in range(3)]
+    if requires_grad:
+        for t in out:
+            t.requires_grad_(True)
+    return out
+
+
+def fused(q, k, v, pad=None, order=None, strict=False, scale=None):
+    return radd_fast.masked_attention(q, k, v, pad, order, strict, scale, impl="fused")
+
+
+def assert_no_key_rows_are_zero(out, pad, order, strict):
+    B, L = out.shape[:2]
+    allowed = R.attention_mask(B, L, pad, order, strict, device=out.device)
+    empty = ~allowed.any(-1)  # (B, L) queries with no allowed key
+    assert torch.all(out[empty] == 0)
+    return empty
+
+
+# --------------------------------------------------------------------------------------- forward
+SMALL_SHAPES = [(1, 1, 1, 8), (2, 7, 3, 16), (3, 129, 2, 24), (1, 70, 1, 5)]  # B, L, heads, head_dim
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES, ids=str)
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("strict", [False, True], ids=["nonstrict", "strict"])
+@pytest.mark.parametrize("pad", ["none", "random", "empty_row"])
+def test_float64_matches_reference(device, shape, pattern, strict, pad):
+    B, L, H, D = shape
+    if device.type == "cuda":
+        D = 32  # the CUDA kernels are compiled for head_dim 32, 64, 128
+    q, k, v = qkv(B, L, H, D, torch.float64, device)
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, pad)
+    out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, strict, 0.37)
+    eout, else_ = R.masked_attention(q, k, v, padm, order, strict, 0.37, return_lse=True)
+    torch.testing.assert_close(out, eout, rtol=1e-12, atol=1e-12)
+    assert torch.equal(torch.isinf(lse), torch.isinf(else_))
+    torch.testing.assert_close(lse[~torch.isinf(lse)], else_[~torch.isinf(else_)], rtol=1e-12, atol=1e-12)
+    empty = assert_no_key_rows_are_zero(out, padm, order, strict)
+    if pad == "empty_row" or (strict and pattern in ("causal", "any_order", "prefix_lm", "bidirectional")):
+        assert empty.any()  # the case really has queries without keys
+
+
+@pytest.mark.parametrize("L", [1000, 1024])
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("strict", [False, True], ids=["nonstrict", "strict"])
+def test_float64_long_sequences(device, L, pattern, strict):
+    # B * heads = 1, and padding; L = 1000 is not a multiple of any tile size.
+    q, k, v = qkv(1, L, 1, 32, torch.float64, device)
+    order = make_order(pattern, 1, L, device)
+    padm = make_pad(1, L, device, "random")
+    out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, strict, 1 / math.sqrt(32))
+    eout, else_ = R.masked_attention(q, k, v, padm, order, strict, return_lse=True)
+    torch.testing.assert_close(out, eout, rtol=1e-12, atol=1e-12)
+    assert torch.equal(torch.isinf(lse), torch.isinf(else_))
+    torch.testing.assert_close(lse[~torch.isinf(lse)], else_[~torch.isinf(else_)], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("pattern", ["none", "causal", "any_order"])
+def test_float32_relative_error_at_1024(device, pattern):
+    B, L, H, D = 2, 1024, 3, 64
+    q, k, v = qkv(B, L, H, D, torch.float32, device)
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, "random")
+    out = fused(q, k, v, padm, order)
+    truth = R.masked_attention(q.double(), k.double(), v.double(), padm, order)
+    rel = ((out.double() - truth).norm() / truth.norm()).item()
+    assert rel < 1e-5, rel
+
+
+def test_order_int32_int64_and_huge_values_agree(device):
+    # The mask depends only on comparisons of order values: int32, int64 and int64 values far
+    # outside the int32 range (that keep the same comparisons) give the same result.
+    B, L, H, D = 2, 100, 2, 32
+    q, k, v = qkv(B, L, H, D, torch.float64, device)
+    order = torch.randint(0, 9, (B, L), device=device)
+    padm = make_pad(B, L, device, "random")
+    for strict in (False, True):
+        expect = R.masked_attention(q, k, v, padm, order, strict)
+        for o in (order.int(), order, order * (1 << 40) - (1 << 62)):
+            torch.testing.assert_close(fused(q, k, v, padm, o, strict), expect, rtol=1e-12, atol=1e-12)
+
+
+def test_default_and_custom_scale(device):
+    q, k, v = qkv(2, 33, 2, 32, torch.float64, device)
+    torch.testing.assert_close(fused(q, k, v), R.masked_attention(q, k, v, scale=1 / math.sqrt(32)))
+    torch.testing.assert_close(fused(q, k, v, scale=-2.5), R.masked_attention(q, k, v, scale=-2.5))
+
+
+def test_strided_qkv_from_packed_tensor(device):
+    # q, k, v as views of a fused qkv projection (B, L, 3, H, D): strided, no copy needed.
+    B, L, H, D = 2, 77, 3, 32
+    packed = torch.randn(B, L, 3, H, D, dtype=torch.float64, device=device)
+    q, k, v = packed.unbind(2)
+    assert not q.is_contiguous()
+    order = make_order("block", B, L, device)
+    expect = R.masked_attention(q.contiguous(), k.contiguous(), v.contiguous(), order=order)
+    torch.testing.assert_close(fused(q, k, v, order=order), expect, rtol=1e-12, atol=1e-12)
+    # ... and differentiable through the views
+    p = packed.clone().requires_grad_(True)
+    fused(*p.unbind(2), order=order).sum().backward()
+    p2 = packed.clone().requires_grad_(True)
+    R.masked_attention(*p2.unbind(2), order=order).sum().backward()
+    torch.testing.assert_close(p.grad, p2.grad, rtol=1e-11, atol=1e-11)
+
+
+def test_empty_batch(device):
+    q, k, v = qkv(0, 5, 2, 32, torch.float32, device, requires_grad=True)
+    out = fused(q, k, v)
+    assert out.shape == q.shape
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
+# -------------------------------------------------------------------------------------- backward
+@pytest.mark.parametrize(
+    "pattern,strict,pad", [("none", False, "none"), ("causal", True, "random"), ("any_order", False, "empty_row"),
+                           ("prefix_lm", True, "none"), ("block", False, "random")]
+)
+def test_gradcheck(device, pattern, strict, pad):
+    B, L, H, D = 2, 6, 2, 4
+    if device.type == "cuda":
+        D = 32
+    q, k, v = qkv(B, L, H, D, torch.float64, device, requires_grad=True)
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, pad)
+    f = lambda q, k, v: fused(q, k, v, padm, order, strict)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (q, k, v))
+
+
+def test_gradcheck_through_lse(device):
+    # The logsumexp output is differentiable too (dS gets + P * dlse).
+    D = 32 if device.type == "cuda" else 4
+    q, k, v = qkv(1, 5, 2, D, torch.float64, device, requires_grad=True)
+    order = make_order("block", 1, 5, device)
+    f = lambda q, k, v: radd_fast.ops.masked_attention_fwd(q, k, v, None, order, False, 0.5)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: f(q, k, v)[1], (q, k, v))
+
+
+@pytest.mark.parametrize("L", [130, 1000])
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("strict", [False, True], ids=["nonstrict", "strict"])
+def test_gradients_match_reference_autograd(device, L, pattern, strict):
+    B, H, D = (2, 2, 32) if L < 1000 else (1, 1, 32)
+    q, k, v = qkv(B, L, H, D, torch.float64, device, requires_grad=True)
+    q2, k2, v2 = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, "empty_row" if B > 1 else "random")
+    g = torch.randn(B, L, H, D, dtype=torch.float64, device=device)
+    fused(q, k, v, padm, order, strict).backward(g)
+    R.masked_attention(q2, k2, v2, padm, order, strict).backward(g)
+    for a, b in ((q.grad, q2.grad), (k.grad, k2.grad), (v.grad, v2.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+    # queries without any key get exactly zero gradient
+    empty = ~R.attention_mask(B, L, padm, order, strict, device=device).any(-1)
+    assert torch.all(q.grad[empty] == 0)
+    assert not torch.isnan(q.grad).any() and not torch.isnan(k.grad).any()
+
+
+def test_float32_gradients_at_1024(device):
+    B, L, H, D = 1, 1024, 2, 64
+    q, k, v = qkv(B, L, H, D, torch.float32, device, requires_grad=True)
+    order = make_order("any_order", B, L, device)
+    g = torch.randn(B, L, H, D, device=device)
+    fused(q, k, v, order=order).backward(g)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    R.masked_attention(qd, kd, vd, order=order).backward(g.double())
+    for a, b in ((q.grad, qd.grad), (k.grad, kd.grad), (v.grad, vd.grad)):
+        rel = ((a.double() - b).norm() / b.norm()).item()
+        assert rel < 1e-5, rel
+
+
+# ------------------------------------------------------------------------------- low precision
+def _sdpa_lowp(q, k, v, mask):
+    """PyTorch's own attention in q's dtype, the baseline of the low-precision error bound."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask[:, None])
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("pattern", ["none", "block"])
+def test_low_precision_within_twice_torch_error(device, dtype, pattern):
+    B, L, H, D = 2, 257, 4, 64
+    q, k, v = qkv(B, L, H, D, dtype, device, requires_grad=True)
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, "random")
+    padm[:, 0] = True  # key 0 is visible to every query: SDPA returns NaN for a query without keys
+    allowed = R.attention_mask(B, L, padm, order, device=device)
+    assert allowed.any(-1).all()
+    g = torch.randn(B, L, H, D, dtype=torch.float64, device=device)
+
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    truth = R.masked_attention(qd, kd, vd, padm, order)
+    truth.backward(g)
+
+    def errors(out, grads):
+        e = [((out.double() - truth).norm() / truth.norm()).item()]
+        e += [((a.double() - b).norm() / b.norm()).item() for a, b in zip(grads, (qd.grad, kd.grad, vd.grad))]
+        return e
+
+    ours = fused(q, k, v, padm, order)
+    assert ours.dtype == dtype
+    our_g = torch.autograd.grad(ours, (q, k, v), g.to(dtype))
+    base = _sdpa_lowp(q, k, v, allowed)
+    base_g = torch.autograd.grad(base, (q, k, v), g.to(dtype))
+    ours_e, torch_e = errors(ours, our_g), errors(base, base_g)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours_e, torch_e):
+        assert 0 < b and a <= 2 * b, (name, a, b)
+
+
+def test_bf16_cpu_and_half_keep_dtype(device):
+    for dtype in (torch.bfloat16, torch.float16):
+        q, k, v = qkv(1, 9, 2, 32, dtype, device)
+        out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, None, None, False, 0.2)
+        assert out.dtype == dtype and lse.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------- opcheck, compile, autocast
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "masked"])
+def test_opcheck(device, dtype, masked):
+    B, L, H, D = 2, 9, 2, 32
+    q, k, v = qkv(B, L, H, D, dtype, device, requires_grad=dtype != torch.bfloat16)
+    order = make_order("causal", B, L, device) if masked else None
+    padm = make_pad(B, L, device, "random") if masked else None
+    torch.library.opcheck(torch.ops.radd_fast.masked_attention_fwd.default, (q, k, v, padm, order, masked, 0.3))
+    with torch.no_grad():
+        out, lse = torch.ops.radd_fast.masked_attention_fwd(q, k, v, padm, order, masked, 0.3)
+    g = torch.randn_like(out)
+    glse = torch.randn_like(lse) if masked else None
+    torch.library.opcheck(torch.ops.radd_fast.masked_attention_bwd.default,
+                          (g, q.detach(), k.detach(), v.detach(), out, lse, glse, padm, order, masked, 0.3))
+
+
+def test_torch_compile_no_graph_break(device):
+    B, L, H, D = 2, 19, 2, 32
+    q, k, v = qkv(B, L, H, D, torch.float32, device, requires_grad=True)
+    order = make_order("block", B, L, device)
+
+    def f(q, k, v):
+        return fused(q * 1.0, k, v, None, order, True).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    loss = compiled(q, k, v)
+    (gq,) = torch.autograd.grad(loss, q)
+    loss_e = f(q, k, v)
+    (gq_e,) = torch.autograd.grad(loss_e, q)
+    torch.testing.assert_close(loss, loss_e)
+    torch.testing.assert_close(gq, gq_e)
+
+
+def test_autocast(device):
+    # fp32 inputs inside autocast run in the autocast dtype (bf16 on CPU, fp16 on CUDA), and the
+    # gradients reach the fp32 leaves.
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    q, k, v = qkv(2, 33, 2, 32, torch.float32, device, requires_grad=True)
+    order = make_order("causal", 2, 33, device)
+    with torch.autocast(device.type, dtype=dtype):
+        out = fused(q, k, v, order=order)
+    assert out.dtype == dtype
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.float32
+    truth = R.masked_attention(q.detach().double(), k.detach().double(), v.detach().double(), order=order)
+    assert ((out.double() - truth).norm() / truth.norm()).item() < 1e-2
+    # fp64 is not autocast
+    qd, kd, vd = (t.detach().double() for t in (q, k, v))
+    with torch.autocast(device.type, dtype=dtype):
+        assert fused(qd, kd, vd).dtype == torch.float64
+
+
+def test_reference_impl_and_auto_agree(device):
+    q, k, v = qkv(2, 21, 2, 32, torch.float32, device)
+    order = make_order("any_order", 2, 21, device)
+    a = radd_fast.masked_attention(q, k, v, None, order, True, impl="reference")
+    b = radd_fast.masked_attention(q, k, v, None, order, True, impl="auto")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _bad_cases():
+    q = torch.randn(2, 4, 3, 8)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    yield "q_ndim", (q[0], k[0], v[0]), {}, ValueError, "'q' must have shape \\(B, L, heads, head_dim\\)"
+    yield "k_shape", (q, k[:, :3], v), {}, ValueError, "'k' must have the shape of 'q'"
+    yield "v_shape", (q, k, v[..., :4]), {}, ValueError, "'v' must have the shape of 'q'"
+    yield "k_dtype", (q, k.double(), v), {}, TypeError, "'k' must have the dtype of 'q' \\(float32\\), got float64"
+    yield "int_q", (q.long(), k.long(), v.long()), {}, TypeError, "'q' must have dtype"
+    yield "v_last_dim_strided", (q, k, torch.randn(2, 4, 3, 16)[..., ::2]), {}, ValueError, \
+        "'v' must be contiguous in its last dim"
+    yield "pad_shape", (q, k, v), {"key_padding_mask": torch.ones(2, 5, dtype=torch.bool)}, ValueError, \
+        "'key_padding_mask' must have shape \\(B, L\\) = \\(2, 4\\)"
+    yield "pad_dtype", (q, k, v), {"key_padding_mask": torch.ones(2, 4)}, TypeError, \
+        "'key_padding_mask' must have dtype bool"
+    yield "order_shape", (q, k, v), {"order": torch.zeros(4, dtype=torch.long)}, ValueError, "'order' must have shape"
+    yield "order_dtype", (q, k, v), {"order": torch.zeros(2, 4)}, TypeError, "'order' must have dtype int32, int64"
+    yield "scale", (q, k, v), {"scale": float("nan")}, ValueError, "'scale' must be finite"
+    yield "not_tensor", (q, [1.0], v), {}, TypeError, "'k' must be a torch.Tensor"
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("case", list(_bad_cases()), ids=lambda c: c[0])
+def test_bad_input_names_the_argument(case, impl):
+    _, args, kwargs, exc, msg = case
+    with pytest.raises(exc, match=msg):
+        radd_fast.masked_attention(*args, **kwargs, impl=impl)
+
+
+def test_device_mismatch_is_named():
+    q = torch.randn(1, 2, 1, 8)
+    with pytest.raises(ValueError, match="'k' must be on the device of 'q'"):
+        radd_fast.masked_attention(q, q.to("meta"), q, impl="reference")
+    with pytest.raises((ValueError, RuntimeError), match="order"):
+        radd_fast.masked_attention(q, q, q, order=torch.zeros(1, 2, dtype=torch.long, device="meta"), impl="fused")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+def test_cuda_rejects_unsupported_head_dim():
+    q = torch.randn(1, 4, 2, 48, device="cuda")
+    with pytest.raises(ValueError, match="head_dim .* must be 32, 64 or 128 on CUDA, got 48"):
+        radd_fast.masked_attention(q, q, q, impl="fused")
