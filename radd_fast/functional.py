@@ -97,3 +97,93 @@ def rotary(
     ops.rotary_(qkv, cos, sin, inverse)
     return qkv
 
+
+
+# ------------------------------------------------------------------------------------ linear_dce_loss
+class _LinearDCESum(torch.autograd.Function):
+    """reduction="sum" with gradients: the kernel computes loss and gradients in one sweep over the
+    logits (3 matmuls per chunk instead of 4: no recomputation in the backward), which the backward
+    only scales by the upstream gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, row_weight, num_classes):
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        loss, gh, gw, gb = ops.linear_dce_loss_grad(hidden, weight, bias, target, row_weight, num_classes, mask)
+        ctx.save_for_backward(gh, gw, gb)
+        ctx.mask = mask
+        return loss.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        gh, gw, gb = ctx.saved_tensors
+        m = ctx.mask
+        return (gh * grad if m[0] else None, gw * grad if m[1] else None, gb * grad if m[2] else None,
+                None, None, None)
+
+
+def linear_dce_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    row_weight: torch.Tensor,
+    num_classes: int | None = None,
+    reduction: str = "sum",
+    *,
+    impl: str = "auto",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Weighted cross-entropy of a linear layer's logits, without materialising the logits.
+
+    loss_r = row_weight[r] * (logsumexp_{c < num_classes}(h_r . W_c + b_c) - (h_r . W_t + b_t)), t = target[r].
+    All four RADD losses are this op with different masks and weights (radd_fast.losses).
+
+    Args:
+        hidden: (N, D) -- the final LayerNorm's output, flattened; N >= 1; contiguous.
+        weight: (C, D) with C >= num_classes, the dtype of hidden; contiguous.
+        bias: (C,) or None.
+        target: (N,) int64 in [0, num_classes).
+        row_weight: (N,) float (any float dtype; used in the accumulation precision). Rows with weight
+            0 cost nothing (no matmul work, no host synchronisation) and get loss 0 and zero gradients.
+            It is a constant: no gradient flows to it.
+        num_classes: number of real classes, default C - 1 (the last row of weight, the mask token,
+            is never a class).
+        reduction: "sum" (a scalar) or "none" (the (N,) per-row losses).
+        impl: "auto", "fused" or "reference" (module docstring).
+        validate: also check target range and row weight finiteness on CUDA (one host sync). The CPU
+            kernel always checks them; the CUDA kernel does not read values on the host, and gives a
+            NaN loss (and NaN gradients) for an active row with a bad target or weight instead.
+
+    Returns:
+        fp32 loss (fp64 for fp64 inputs). Under autocast, hidden/weight/bias are cast to the autocast
+        dtype first, as torch's Linear would be; the loss stays fp32.
+    """
+    op = "linear_dce_loss"
+    for t, name in ((hidden, "hidden"), (weight, "weight"), (target, "target"), (row_weight, "row_weight")):
+        _checks.check_tensor(t, op, name)
+    if bias is not None:
+        _checks.check_tensor(bias, op, "bias")
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"radd_fast.{op}: 'reduction' must be 'sum' or 'none', got {reduction!r}")
+    if num_classes is None:
+        num_classes = weight.shape[0] - 1 if weight.dim() == 2 else 0
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev) and hidden.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        dt = torch.get_autocast_dtype(dev)
+        hidden, weight = hidden.to(dt), weight.to(dt)
+        bias = bias.to(dt) if bias is not None else None
+    if not use_fused(op, impl, hidden.device):
+        _checks.check_linear_dce(hidden, weight, bias, target, row_weight, num_classes)
+        _checks.check_linear_dce_values(target, row_weight, num_classes)
+        return reference.linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes, reduction)
+    if validate:
+        _checks.check_linear_dce(hidden, weight, bias, target, row_weight, num_classes)
+        _checks.check_linear_dce_values(target, row_weight, num_classes)
+    if reduction == "none":
+        return ops.linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes)
+    needs_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    if not needs_grad:
+        return ops.linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes).sum()
+    return _LinearDCESum.apply(hidden, weight, bias, target, row_weight, num_classes)
