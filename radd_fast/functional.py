@@ -103,23 +103,34 @@ def rotary(
 class _LinearDCESum(torch.autograd.Function):
     """reduction="sum" with gradients: the kernel computes loss and gradients in one sweep over the
     logits (3 matmuls per chunk instead of 4: no recomputation in the backward), which the backward
-    only scales by the upstream gradient."""
+    only scales by the upstream gradient.
+
+    The gradients are held on ctx (not save_for_backward) and scaled in place: handed to autograd
+    with no other reference, they become .grad without a copy (one weight-sized buffer less at the
+    peak). A second backward through the same graph (retain_graph=True, gradcheck) finds them given
+    away and recomputes them from the saved inputs."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, row_weight, num_classes):
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
         loss, gh, gw, gb = ops.linear_dce_loss_grad(hidden, weight, bias, target, row_weight, num_classes, mask)
-        ctx.save_for_backward(gh, gw, gb)
-        ctx.mask = mask
+        ctx.grads = [gh, gw, gb]
+        ctx.mask, ctx.num_classes = mask, num_classes
+        ctx.save_for_backward(hidden, weight, bias, target, row_weight)
         return loss.sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        gh, gw, gb = ctx.saved_tensors
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            hidden, weight, bias, target, row_weight = ctx.saved_tensors
+            _, gh, gw, gb = ops.linear_dce_loss_grad(hidden, weight, bias, target, row_weight.to(grad.dtype) * grad,
+                                                     ctx.num_classes, ctx.mask)
+        else:
+            gh, gw, gb = (g.mul_(grad) if m else None for g, m in zip(grads, ctx.mask))
         m = ctx.mask
-        return (gh * grad if m[0] else None, gw * grad if m[1] else None, gb * grad if m[2] else None,
-                None, None, None)
+        return gh if m[0] else None, gw if m[1] else None, gb if m[2] else None, None, None, None
 
 
 def linear_dce_loss(
@@ -184,6 +195,11 @@ def linear_dce_loss(
         return ops.linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes)
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    if not needs_grad:
+    # float16: the logit gradients are rounded to fp16 before the gradient matmuls. Computed in the
+    # forward they would carry no loss scale, and small softmax entries (w * p < 6e-8) would flush to
+    # zero, which is what a GradScaler exists to prevent; so fp16 takes the backward-time path
+    # (recomputes the logits, 4 matmuls instead of 3), whose logit gradients include the upstream
+    # gradient -- and with it the loss scale -- before rounding, as torch's own fp16 backward does.
+    if not needs_grad or hidden.dtype == torch.float16:
         return ops.linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes).sum()
     return _LinearDCESum.apply(hidden, weight, bias, target, row_weight, num_classes)

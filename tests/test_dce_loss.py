@@ -8,9 +8,8 @@ import torch.nn.functional as F
 import radd_fast
 from radd_fast import ops
 from radd_fast import reference as R
-from conftest import DEVICES
-
-CUDA_ONLY = [p for p in DEVICES if p.id == "cuda"]
+CUDA_ONLY = [pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device visible")])]
 
 # (N, D, C, num_classes): N = 1; C and D that are multiples of no tile or vector width; num_classes
 # well below C; more active rows than one CPU chunk (256) and more classes than one vocabulary block
@@ -202,6 +201,19 @@ def test_double_backward_is_refused(device):
     (g,) = torch.autograd.grad(loss, hl, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_backward_twice(device, reduction):
+    # retain_graph=True: the "sum" path gave its precomputed gradients away to the first backward
+    # (no copy) and recomputes them for the second.
+    h, W, b, t, w, nc = make(50, 8, 33, None, torch.float64, device, seed=20)
+    leaves = [x.clone().requires_grad_() for x in (h, W, b)]
+    loss = radd_fast.linear_dce_loss(*leaves, t, w, reduction=reduction, impl="fused").sum()
+    first = torch.autograd.grad(loss * 1.0, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss * 3.0, leaves)
+    for a, c in zip(first, second):
+        torch.testing.assert_close(3 * a, c, rtol=1e-13, atol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
