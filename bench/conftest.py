@@ -7,9 +7,10 @@ Use the `bench` fixture instead of pytest-benchmark's `benchmark` directly:
               bytes=..., flops=...)
 
 It synchronises CUDA inside the timed call, records impl/device/dtype/shape and the achieved rate
-(GB/s from `bytes`, TFLOP/s from `flops`) in extra_info, and the session ends with a table of
-each group's speed-up over its baseline entry -- the impl named "reference" unless the group's
-calls pass another (`baseline="sdpa"`) -- so one run shows the comparison side by side.
+(GB/s from `bytes`, TFLOP/s from `flops`, "<name>/s" for each entry of `per_s`) in extra_info, and
+the session ends with a table of each group's speed-up over its baseline entry -- the impl named
+"reference" unless the group's calls pass another (`baseline="sdpa"`) -- and its peak memory (the
+"peak_MB" extra, when given), so one run shows the comparison side by side.
 CUDA cases are skipped (reported, with the reason) when no GPU is visible; select them alone with
 `-m cuda`.
 """
@@ -59,7 +60,7 @@ class Bench:
 
     def __call__(self, fn, *, group: str, impl: str, device: torch.device, dtype=None, shape=None,
                  bytes: float | None = None, flops: float | None = None, warmup: int = 1,
-                 baseline: str = "reference", **extra):
+                 baseline: str = "reference", per_s: dict[str, float] | None = None, **extra):
         sync = _sync(device)
         for _ in range(warmup):  # first-call costs (allocator, lazy init, compilation) stay out
             fn()
@@ -84,8 +85,10 @@ class Bench:
                 b.extra_info["GB/s"] = round(bytes / mean / 1e9, 2)
             if flops:
                 b.extra_info["TFLOP/s"] = round(flops / mean / 1e12, 3)
+            for name, count in (per_s or {}).items():
+                b.extra_info[f"{name}/s"] = round(count / mean, 1)
             _RESULTS.append(dict(group=group, impl=impl, mean=mean, baseline=baseline,
-                                 **{k: b.extra_info.get(k) for k in ("GB/s", "TFLOP/s")}))
+                                 **{k: b.extra_info.get(k) for k in ("GB/s", "TFLOP/s", "peak_MB")}))
         return result
 
 
@@ -103,11 +106,13 @@ def pytest_terminal_summary(terminalreporter):
     for r in _RESULTS:
         groups.setdefault(r["group"], []).append(r)
     w = max(len(g) for g in groups)
-    tr.write_line(f"{'group':<{w}}  {'impl':<12} {'mean':>11} {'rate':>16} {'speed-up':>9}")
+    tr.write_line(f"{'group':<{w}}  {'impl':<12} {'mean':>11} {'rate':>16} {'speed-up':>9} {'peak MB':>9} {'mem/base':>8}")
     for g, rows in groups.items():
         base = rows[0]["baseline"]
-        ref = next((r["mean"] for r in rows if r["impl"] == base), None)
+        ref = next((r for r in rows if r["impl"] == base), None)
         for r in rows:
             rate = f"{r['TFLOP/s']} TFLOP/s" if r.get("TFLOP/s") else f"{r['GB/s']} GB/s" if r.get("GB/s") else ""
-            sp = f"{ref / r['mean']:.2f}x" if ref else "-"
-            tr.write_line(f"{g:<{w}}  {r['impl']:<12} {r['mean'] * 1e3:>9.3f}ms {rate:>16} {sp:>9}")
+            sp = f"{ref['mean'] / r['mean']:.2f}x" if ref else "-"
+            peak = f"{r['peak_MB']:.0f}" if r.get("peak_MB") is not None else ""
+            mem = f"{r['peak_MB'] / ref['peak_MB']:.3f}" if peak and ref and ref.get("peak_MB") else ""
+            tr.write_line(f"{g:<{w}}  {r['impl']:<12} {r['mean'] * 1e3:>9.3f}ms {rate:>16} {sp:>9} {peak:>9} {mem:>8}")

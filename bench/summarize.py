@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         groups: dict[str, list] = {}
         for b in data["benchmarks"]:
             groups.setdefault(b["group"], []).append(b)
-        print(f"{'benchmark group':<44} {'impl':<10} {'mean ms':>9} {'rate':>16} {'vs base':>7}")
+        print(f"{'benchmark group':<44} {'impl':<10} {'mean ms':>9} {'rate':>16} {'vs base':>7} {'peak MB':>9}")
         for g, rows in groups.items():
             base = rows[0]["extra_info"].get("baseline", "reference")
             ref = next((r["stats"]["mean"] for r in rows if r["extra_info"].get("impl") == base), None)
@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
                 e, mean = r["extra_info"], r["stats"]["mean"]
                 rate = (f"{e['TFLOP/s']} TFLOP/s" if "TFLOP/s" in e else f"{e['GB/s']} GB/s" if "GB/s" in e else "")
                 sp = f"{ref / mean:.2f}x" if ref else "-"
-                print(f"{g[:44]:<44} {e.get('impl', '?'):<10} {mean * 1e3:>9.3f} {rate:>16} {sp:>7}")
+                peak = f"{e['peak_MB']:.0f}" if e.get("peak_MB") is not None else ""
+                print(f"{g[:44]:<44} {e.get('impl', '?'):<10} {mean * 1e3:>9.3f} {rate:>16} {sp:>7} {peak:>9}")
     print("=" * 100)
     return 0
 

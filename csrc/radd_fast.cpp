@@ -17,4 +17,14 @@ TORCH_LIBRARY(radd_fast, m) {
   m.def("masked_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "Tensor? grad_lse, Tensor? key_padding_mask, Tensor? order, bool strict, float scale) "
         "-> (Tensor, Tensor, Tensor)");
+
+  // Fused linear + masked weighted cross-entropy (csrc/dce_loss/dce_loss.h): per-row losses
+  // row_weight[r] * (logsumexp_{c < num_classes}(hidden W^T + bias)[r] - logit[r, target[r]]), in fp32
+  // (fp64 for fp64 inputs), 0 where row_weight is 0; the logits never exist in memory.
+  m.def("linear_dce_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, Tensor row_weight, "
+        "int num_classes) -> Tensor");
+  // The same per-row losses and the gradients of their sum w.r.t. (hidden, weight, bias), each computed
+  // only where output_mask says so (an empty tensor otherwise). Not differentiable itself.
+  m.def("linear_dce_loss_grad(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, Tensor row_weight, "
+        "int num_classes, bool[3] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -8,7 +8,6 @@ pure-PyTorch oracles. The compiled kernels are optional at import time (radd_fas
 __version__ = "0.1.0"
 
 from . import _extension, ops, reference  # noqa: E402  (ops registers fake kernels and autograd)
-from .functional import rotary, rotary_tables  # noqa: E402
-from .functional import masked_attention  # noqa: E402
+from .functional import linear_dce_loss, masked_attention, rotary, rotary_tables  # noqa: E402
 
-__all__ = ["rotary", "rotary_tables", "masked_attention", "reference", "ops", "__version__"]
+__all__ = ["rotary", "rotary_tables", "masked_attention", "linear_dce_loss", "reference", "ops", "__version__"]

@@ -156,3 +156,81 @@ def check_masked_attention_bwd(grad_out, q, k, v, out, lse, grad_lse, key_paddin
                 f"radd_fast.{op}: '{n}' must have dtype {_dtype_name(acc)} for {_dtype_name(q.dtype)} inputs, "
                 f"got {_dtype_name(t.dtype)}"
             )
+
+# ------------------------------------------------------------------------------------ linear_dce_loss
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _dtype_name(d: torch.dtype) -> str:
+    return str(d).replace("torch.", "")
+
+
+def check_same_dtype(a: torch.Tensor, b: torch.Tensor, op: str, name_a: str, name_b: str) -> None:
+    if a.dtype != b.dtype:
+        raise TypeError(
+            f"radd_fast.{op}: '{name_b}' must have the dtype of '{name_a}' ({_dtype_name(a.dtype)}), "
+            f"got {_dtype_name(b.dtype)}"
+        )
+
+
+def check_linear_dce(hidden, weight, bias, target, row_weight, num_classes: int, op: str = "linear_dce_loss") -> None:
+    """Shapes, dtypes and devices of linear_dce_loss (csrc/dce_loss/dce_loss.h check_args)."""
+    for t, n in ((hidden, "hidden"), (weight, "weight"), (target, "target"), (row_weight, "row_weight")):
+        check_tensor(t, op, n)
+    if bias is not None:
+        check_tensor(bias, op, "bias")
+    check_dim(hidden, 2, op, "hidden", "(N, D)")
+    N, D = hidden.shape
+    if N < 1:
+        raise ValueError(f"radd_fast.{op}: 'hidden' must have at least one row, got shape {list(hidden.shape)}")
+    if D < 1:
+        raise ValueError(f"radd_fast.{op}: 'hidden' must have D >= 1 features, got shape {list(hidden.shape)}")
+    if N >= 2**31:
+        raise ValueError(f"radd_fast.{op}: 'hidden' has {N} rows; at most 2^31 - 1 are supported")
+    check_dtype(hidden, _FLOATS, op, "hidden")
+    check_contiguous(hidden, op, "hidden")
+    check_same_device(hidden, weight, op, "hidden", "weight")
+    check_dim(weight, 2, op, "weight", "(C, D)")
+    if weight.shape[1] != D:
+        raise ValueError(
+            f"radd_fast.{op}: 'weight' must have shape (C, D) with D = {D} (the last dim of 'hidden'), "
+            f"got {list(weight.shape)}"
+        )
+    C = weight.shape[0]
+    if C < 1:
+        raise ValueError(f"radd_fast.{op}: 'weight' must have at least one row, got shape {list(weight.shape)}")
+    check_same_dtype(hidden, weight, op, "hidden", "weight")
+    check_contiguous(weight, op, "weight")
+    if bias is not None:
+        check_same_device(hidden, bias, op, "hidden", "bias")
+        check_dim(bias, 1, op, "bias", "(C,)")
+        if bias.shape[0] != C:
+            raise ValueError(
+                f"radd_fast.{op}: 'bias' must have shape (C,) with C = {C} (the rows of 'weight'), got {list(bias.shape)}"
+            )
+        check_same_dtype(hidden, bias, op, "hidden", "bias")
+        check_contiguous(bias, op, "bias")
+    if not 1 <= num_classes <= C:
+        raise ValueError(f"radd_fast.{op}: 'num_classes' must be in [1, C] = [1, {C}], got {num_classes}")
+    for t, n, ok in ((target, "target", (torch.int64,)), (row_weight, "row_weight", _FLOATS)):
+        check_same_device(hidden, t, op, "hidden", n)
+        check_dim(t, 1, op, n, "(N,)")
+        if t.shape[0] != N:
+            raise ValueError(f"radd_fast.{op}: '{n}' must have shape (N,) with N = {N} (the rows of 'hidden'), got {list(t.shape)}")
+        check_dtype(t, ok, op, n)
+
+
+def check_linear_dce_values(target: torch.Tensor, row_weight: torch.Tensor, num_classes: int,
+                            op: str = "linear_dce_loss") -> None:
+    """Target range and finite row weights: the CPU kernel's value checks. Reads the data (on CUDA this
+    synchronises with the host)."""
+    bad = ((target < 0) | (target >= num_classes)).nonzero()
+    if bad.numel():
+        r = int(bad[0, 0])
+        raise ValueError(
+            f"radd_fast.{op}: 'target' values must be in [0, num_classes) = [0, {num_classes}), got {int(target[r])} at row {r}"
+        )
+    bad = (~torch.isfinite(row_weight)).nonzero()
+    if bad.numel():
+        r = int(bad[0, 0])
+        raise ValueError(f"radd_fast.{op}: 'row_weight' must be finite, got {float(row_weight[r])} at row {r}")

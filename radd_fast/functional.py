@@ -146,3 +146,108 @@ def masked_attention(
         _checks.check_masked_attention(q, k, v, key_padding_mask, order, scale, "masked_attention")
         return reference.masked_attention(q, k, v, key_padding_mask, order, strict, scale)
     return ops.masked_attention_fwd(q, k, v, key_padding_mask, order, strict, scale)[0]
+
+# ------------------------------------------------------------------------------------ linear_dce_loss
+class _LinearDCESum(torch.autograd.Function):
+    """reduction="sum" with gradients: the kernel computes loss and gradients in one sweep over the
+    logits (3 matmuls per chunk instead of 4: no recomputation in the backward), which the backward
+    only scales by the upstream gradient.
+
+    The gradients are held on ctx (not save_for_backward) and scaled in place: handed to autograd
+    with no other reference, they become .grad without a copy (one weight-sized buffer less at the
+    peak). A second backward through the same graph (retain_graph=True, gradcheck) finds them given
+    away and recomputes them from the saved inputs."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, row_weight, num_classes):
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        loss, gh, gw, gb = ops.linear_dce_loss_grad(hidden, weight, bias, target, row_weight, num_classes, mask)
+        ctx.grads = [gh, gw, gb]
+        ctx.mask, ctx.num_classes = mask, num_classes
+        ctx.save_for_backward(hidden, weight, bias, target, row_weight)
+        return loss.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            hidden, weight, bias, target, row_weight = ctx.saved_tensors
+            _, gh, gw, gb = ops.linear_dce_loss_grad(hidden, weight, bias, target, row_weight.to(grad.dtype) * grad,
+                                                     ctx.num_classes, ctx.mask)
+        else:
+            gh, gw, gb = (g.mul_(grad) if m else None for g, m in zip(grads, ctx.mask))
+        m = ctx.mask
+        return gh if m[0] else None, gw if m[1] else None, gb if m[2] else None, None, None, None
+
+
+def linear_dce_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    row_weight: torch.Tensor,
+    num_classes: int | None = None,
+    reduction: str = "sum",
+    *,
+    impl: str = "auto",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Weighted cross-entropy of a linear layer's logits, without materialising the logits.
+
+    loss_r = row_weight[r] * (logsumexp_{c < num_classes}(h_r . W_c + b_c) - (h_r . W_t + b_t)), t = target[r].
+    All four RADD losses are this op with different masks and weights (radd_fast.losses).
+
+    Args:
+        hidden: (N, D) -- the final LayerNorm's output, flattened; N >= 1; contiguous.
+        weight: (C, D) with C >= num_classes, the dtype of hidden; contiguous.
+        bias: (C,) or None.
+        target: (N,) int64 in [0, num_classes).
+        row_weight: (N,) float (any float dtype; used in the accumulation precision). Rows with weight
+            0 cost nothing (no matmul work, no host synchronisation) and get loss 0 and zero gradients.
+            It is a constant: no gradient flows to it.
+        num_classes: number of real classes, default C - 1 (the last row of weight, the mask token,
+            is never a class).
+        reduction: "sum" (a scalar) or "none" (the (N,) per-row losses).
+        impl: "auto", "fused" or "reference" (module docstring).
+        validate: also check target range and row weight finiteness on CUDA (one host sync). The CPU
+            kernel always checks them; the CUDA kernel does not read values on the host, and gives a
+            NaN loss (and NaN gradients) for an active row with a bad target or weight instead.
+
+    Returns:
+        fp32 loss (fp64 for fp64 inputs). Under autocast, hidden/weight/bias are cast to the autocast
+        dtype first, as torch's Linear would be; the loss stays fp32.
+    """
+    op = "linear_dce_loss"
+    for t, name in ((hidden, "hidden"), (weight, "weight"), (target, "target"), (row_weight, "row_weight")):
+        _checks.check_tensor(t, op, name)
+    if bias is not None:
+        _checks.check_tensor(bias, op, "bias")
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"radd_fast.{op}: 'reduction' must be 'sum' or 'none', got {reduction!r}")
+    if num_classes is None:
+        num_classes = weight.shape[0] - 1 if weight.dim() == 2 else 0
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev) and hidden.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        dt = torch.get_autocast_dtype(dev)
+        hidden, weight = hidden.to(dt), weight.to(dt)
+        bias = bias.to(dt) if bias is not None else None
+    if not use_fused(op, impl, hidden.device):
+        _checks.check_linear_dce(hidden, weight, bias, target, row_weight, num_classes)
+        _checks.check_linear_dce_values(target, row_weight, num_classes)
+        return reference.linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes, reduction)
+    if validate:
+        _checks.check_linear_dce(hidden, weight, bias, target, row_weight, num_classes)
+        _checks.check_linear_dce_values(target, row_weight, num_classes)
+    if reduction == "none":
+        return ops.linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes)
+    needs_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    # float16: the logit gradients are rounded to fp16 before the gradient matmuls. Computed in the
+    # forward they would carry no loss scale, and small softmax entries (w * p < 6e-8) would flush to
+    # zero, which is what a GradScaler exists to prevent; so fp16 takes the backward-time path
+    # (recomputes the logits, 4 matmuls instead of 3), whose logit gradients include the upstream
+    # gradient -- and with it the loss scale -- before rounding, as torch's own fp16 backward does.
+    if not needs_grad or hidden.dtype == torch.float16:
+        return ops.linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes).sum()
+    return _LinearDCESum.apply(hidden, weight, bias, target, row_weight, num_classes)

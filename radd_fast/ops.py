@@ -111,3 +111,58 @@ def _register_attention() -> None:
 
 if _extension.AVAILABLE and "masked_attention_fwd" in _extension.op_names():
     _register_attention()
+
+# ------------------------------------------------------------------------------------ linear_dce_loss
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes: int) -> torch.Tensor:
+    """Per-row weighted cross-entropy of hidden @ weight^T + bias, (N,) in fp32 (fp64 for fp64);
+    differentiable w.r.t. hidden, weight and bias (row_weight and target are constants)."""
+    return torch.ops.radd_fast.linear_dce_loss.default(hidden, weight, bias, target, row_weight, num_classes)
+
+
+def linear_dce_loss_grad(hidden, weight, bias, target, row_weight, num_classes: int, output_mask):
+    """(per-row loss, d sum(loss)/d hidden, .../d weight, .../d bias); a gradient not asked for in
+    output_mask is an empty tensor. Not differentiable."""
+    return torch.ops.radd_fast.linear_dce_loss_grad.default(hidden, weight, bias, target, row_weight, num_classes,
+                                                           list(output_mask))
+
+
+def _register_linear_dce() -> None:
+    @torch.library.register_fake("radd_fast::linear_dce_loss")
+    def _fwd_fake(hidden, weight, bias, target, row_weight, num_classes):
+        _checks.check_linear_dce(hidden, weight, bias, target, row_weight, num_classes)
+        return hidden.new_empty((hidden.shape[0],), dtype=_acc_dtype(hidden.dtype))
+
+    @torch.library.register_fake("radd_fast::linear_dce_loss_grad")
+    def _grad_fake(hidden, weight, bias, target, row_weight, num_classes, output_mask):
+        _checks.check_linear_dce(hidden, weight, bias, target, row_weight, num_classes)
+        loss = hidden.new_empty((hidden.shape[0],), dtype=_acc_dtype(hidden.dtype))
+        gh = torch.empty_like(hidden) if output_mask[0] else hidden.new_empty((0,))
+        gw = torch.empty_like(weight) if output_mask[1] else weight.new_empty((0,))
+        gb = torch.empty_like(bias) if output_mask[2] and bias is not None else weight.new_empty((0,))
+        return loss, gh, gw, gb
+
+    def _setup_context(ctx, inputs, output):
+        hidden, weight, bias, target, row_weight, num_classes = inputs
+        ctx.save_for_backward(hidden, weight, bias, target, row_weight)
+        ctx.num_classes = num_classes
+
+    def _backward(ctx, grad):
+        # d/dθ sum_r grad_r * loss_r is the gradient of the same loss with row weights row_weight * grad:
+        # one call of the gradient kernel, which recomputes the logits chunk by chunk.
+        hidden, weight, bias, target, row_weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        if not any(mask):
+            return None, None, None, None, None, None
+        _, gh, gw, gb = linear_dce_loss_grad(hidden, weight, bias, target, row_weight.to(grad.dtype) * grad,
+                                             ctx.num_classes, mask)
+        return (gh if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None)
+
+    torch.library.register_autograd("radd_fast::linear_dce_loss", _backward, setup_context=_setup_context)
+
+
+if _extension.AVAILABLE:
+    _register_linear_dce()

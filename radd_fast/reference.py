@@ -383,3 +383,47 @@ def radd_forward(
         return h
     logits = h @ params["output_layer.linear.weight"].to(acc).T + params["output_layer.linear.bias"].to(acc)
     return torch.log_softmax(logits[..., :V], dim=-1)
+
+# ----------------------------------------------------------------------------- exact DCE expectations
+def dce_mask_sums(log_prob_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """S[b, k] = sum over the masks S of size k of sum_{i in S} -log q(x0_i | x0 with S masked).
+
+    Enumerates all 2^L masks (tiny L only). `log_prob_fn(x)` maps tokens (n, L) to log-probabilities
+    over the real tokens (n, L, V). Returns (B, L + 1) float64 (column 0 is 0).
+    """
+    B, L = x0.shape
+    if L > 16:
+        raise ValueError(f"dce_mask_sums enumerates 2^L masks; L = {L} is too long")
+    bits = torch.arange(2**L, device=x0.device)
+    masks = ((bits[:, None] >> torch.arange(L, device=x0.device)) & 1).bool()  # (2^L, L)
+    xt = torch.where(masks[None], torch.full_like(x0, mask_id)[:, None, :], x0[:, None, :])  # (B, 2^L, L)
+    logq = log_prob_fn(xt.reshape(-1, L)).to(torch.float64).reshape(B, 2**L, L, -1)
+    nll = -logq.gather(-1, x0[:, None, :, None].expand(B, 2**L, L, 1)).squeeze(-1)  # (B, 2^L, L)
+    f = (nll * masks[None]).sum(-1)  # (B, 2^L)
+    size = masks.sum(-1)
+    out = torch.zeros(B, L + 1, dtype=torch.float64, device=x0.device)
+    return out.index_add_(1, size, f)
+
+
+def dce_exact_expectation(sums: torch.Tensor, kind: str, eps: float = 1e-3) -> torch.Tensor:
+    """Exact E[per-sequence loss] (B,) of a DCE estimator, from `dce_mask_sums`.
+
+    A draw masks a set S with some probability and weighs it by w; the estimate is w * f(S).
+    lambda_dce: integral over lambda of (1/lambda) lambda^k (1-lambda)^(L-k) = 1 / (k C(L, k)), the same
+    as ao_dce's (1/L) (L/k) / C(L, k). t_dce / dse: with p = (1 - eps) t the mask probability,
+    E = 1/(1 - eps) * sum_k S_k * integral_{eps (1 - eps)}^{1 - eps} p^(k-1) (1-p)^(L-k) dp,
+    which tends to the former as eps -> 0.
+    """
+    L = sums.shape[1] - 1
+    coef = torch.zeros(L + 1, dtype=torch.float64)
+    for k in range(1, L + 1):
+        if kind in ("lambda_dce", "ao_dce"):
+            coef[k] = 1.0 / (k * math.comb(L, k))
+        elif kind in ("t_dce", "dse"):
+            a, b = eps * (1 - eps), 1 - eps
+            # (1 - p)^(L-k) expanded: sum_j C(L-k, j) (-p)^j; integrate p^(k-1+j) exactly.
+            integral = sum(math.comb(L - k, j) * (-1) ** j * (b ** (k + j) - a ** (k + j)) / (k + j) for j in range(L - k + 1))
+            coef[k] = integral / (1 - eps)
+        else:
+            raise ValueError(f"unknown DCE kind {kind!r}")
+    return sums @ coef.to(sums.device)

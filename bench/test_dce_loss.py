@@ -1,0 +1,143 @@
+"""The output layer + masked weighted cross-entropy of a GPT-2-scale RADD model, forward + backward:
+fused kernel vs the naive PyTorch computation vs torch.compile of that naive code.
+
+Shape: D = 768, C = 50,258 output rows (50,257 classes + the mask column), N = 8 x 1,024 rows
+(CPU fp32, CUDA bf16) and N = 64 x 1,024 (CUDA bf16), half of the rows masked (weight != 0).
+
+Rates are counted on the masked rows only (the work the loss needs): fwd + bwd = 3 matmuls of
+2 * M * D * V flops (logits, grad hidden, grad weight), M = masked rows, V = 50,257; "rows/s" = M / time.
+
+Peak memory (extra_info["peak_MB"]): bytes allocated during one fwd + bwd beyond what existed before
+(inputs and parameters excluded, gradients included).
+  * CUDA: torch.cuda.max_memory_allocated() - memory_allocated() before the call.
+  * CPU: torch's CPU allocator reports every allocation and free to the profiler
+    (profile_memory=True); the peak of its running "Total Allocated" over the call is the allocator's
+    high-water mark. Memory that bypasses torch's allocator (MKL's own GEMM buffers) is not in it, so
+    extra_info["rss_peak_MB"] also records the process's resident-set high-water mark over the call
+    (VmHWM after resetting it through /proc/self/clear_refs) minus the resident set before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import radd_fast
+
+D, V = 768, 50_257
+CUDA = torch.cuda.is_available()
+_cuda = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA device visible")]
+CASES = [
+    pytest.param("cpu", 8 * 1024, torch.float32, id="cpu-fp32-N8192"),
+    pytest.param("cuda", 8 * 1024, torch.bfloat16, id="cuda-bf16-N8192", marks=_cuda),
+    pytest.param("cuda", 64 * 1024, torch.bfloat16, id="cuda-bf16-N65536", marks=_cuda),
+]
+IMPLS = ["reference", "compiled", "fused"]
+
+
+def naive_loss(h, W, b, t, w):
+    """What a straightforward implementation does: Linear over all rows (mask column included),
+    log_softmax over the real classes, gather the targets, weighted sum."""
+    logp = F.linear(h, W, b)[:, :V].log_softmax(-1)
+    return -(logp.gather(1, t[:, None]).squeeze(1).float() * w).sum()
+
+
+_compiled = None
+
+
+def compiled_naive():
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(naive_loss)
+    return _compiled
+
+
+def make(N, device, dtype, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    h = torch.randn(N, D, device=device, dtype=dtype, generator=g).requires_grad_()
+    W = (torch.randn(V + 1, D, device=device, dtype=dtype, generator=g) * 0.02).requires_grad_()
+    b = (torch.randn(V + 1, device=device, dtype=dtype, generator=g) * 0.02).requires_grad_()
+    t = torch.randint(0, V, (N,), device=device, generator=g)
+    u = torch.rand(N, device=device, generator=g)
+    w = torch.where(torch.rand(N, device=device, generator=g) < 0.5, 1.0 / (u + 1e-3), torch.zeros_like(u))
+    return h, W, b, t, w
+
+
+def _rss_kb() -> tuple[int, int]:
+    s = open("/proc/self/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+)", s).group(1)), int(re.search(r"VmRSS:\s+(\d+)", s).group(1))
+
+
+def peak_memory(fn, clear, device) -> dict:
+    """Peak memory of fn() starting from clear() (no gradients held: they count in the peak)."""
+    clear()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return {"peak_MB": round((torch.cuda.max_memory_allocated() - base) / 1e6, 1)}
+    out = {}
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "trace.json")
+        prof.export_chrome_trace(path)
+        events = json.load(open(path))["traceEvents"]
+    mem = [e["args"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    # The reporter's running total does not start at 0 (it keeps what earlier profiled calls left
+    # alive); the counter before the first event is that event's total minus its own bytes.
+    base = mem[0]["Total Allocated"] - mem[0]["Bytes"] if mem else 0
+    out["peak_MB"] = round(max([base] + [m["Total Allocated"] for m in mem]) / 1e6 - base / 1e6, 1)
+    clear()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident set
+        _, rss0 = _rss_kb()
+        fn()
+        hwm, _ = _rss_kb()
+        out["rss_peak_MB"] = round((hwm - rss0) / 1e3, 1)
+    except OSError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device, N, dtype", CASES)
+def test_linear_dce_loss_forward_backward(bench, device, N, dtype, impl):
+    device = torch.device(device)
+    h, W, b, t, w = make(N, device, dtype)
+    M = int((w != 0).sum())
+
+    if impl == "fused":
+        loss_fn = lambda: radd_fast.linear_dce_loss(h, W, b, t, w, V, impl="fused")
+    elif impl == "reference":
+        loss_fn = lambda: naive_loss(h, W, b, t, w)
+    else:
+        c = compiled_naive()
+        loss_fn = lambda: c(h, W, b, t, w)
+
+    def step():
+        loss_fn().backward()
+
+    def clear():
+        h.grad = W.grad = b.grad = None
+
+    def fn():
+        clear()
+        step()
+
+    fn()  # first call: compilation, lazy initialisation
+    mem = peak_memory(step, clear, device)
+    bench(fn, group=f"linear_dce fwd+bwd {device.type} {str(dtype).replace('torch.', '')} N={N}", impl=impl,
+          device=device, dtype=dtype, shape=(N, D, V + 1), flops=3 * 2.0 * M * D * V, per_s={"rows": M},
+          warmup=0, masked_rows=M, **mem)

@@ -1,0 +1,389 @@
+// CUDA kernel of radd_fast::linear_dce_loss / linear_dce_loss_grad. No host synchronisation.
+//
+//   0. compact (1 block): order = indices of rows with weight != 0, count in device memory.
+//   Then, for each chunk of R compacted rows (the host loops over ceil(N / R) chunks; a chunk past
+//   the device-side count launches blocks that exit at once, so weight-0 rows cost no matmul work):
+//   1. logits (R x nc, fp32; fp64 for fp64) = h[order[chunk]] @ W[:nc]^T + b   (gemm.cuh, tensor cores
+//      for bf16/fp16)
+//   2. one block per row, one kernel: online logsumexp of the row, its loss, and (with gradients) the
+//      logit gradient w * (softmax - onehot) written over the row in the input dtype -- in place: the
+//      bf16 row at the same address is half as long, and the writes of each slice of the row are
+//      fenced from the reads of that slice by a barrier, so no value is overwritten before it is read
+//   3. grad_h (R x D) = dlogits @ W[:nc]: split over K (= nc) into fp32 partials, summed in a fixed
+//      order and scattered to grad_hidden[order[chunk]] (deterministic, no atomics)
+//   4. grad_W[:nc] (fp32 accumulator) += dlogits^T @ h[order[chunk]]; grad_b[:nc] += column sums
+// Working memory: the R x nc logits workspace (R from kCudaWorkspaceBytes), an fp32 weight-gradient
+// accumulator for bf16/fp16 weights, split-K partials, O(N) indices.
+//
+// Bad values cannot be reported without reading them on the host: an active row with a target outside
+// [0, num_classes) gets a NaN loss and NaN gradients (a non-finite weight propagates by itself);
+// radd_fast.linear_dce_loss(validate=True) checks them on the host instead.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <limits>
+#include <tuple>
+
+#include "dce_loss/dce_loss.h"
+#include "dce_loss/gemm.cuh"
+
+namespace radd_fast::dce {
+namespace {
+
+using gpu::Bound;
+using gpu::GemmArgs;
+using gpu::Stored;
+using gpu::Tile;
+
+constexpr int kRowThreads = 512;
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void store_as(__half* p, float v) { *p = __float2half(v); }
+__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_as(double* p, double v) { *p = v; }
+
+// ------------------------------------------------------------------------------------ compaction
+// One block of 1,024 threads; thread i owns a contiguous segment of rows: count, block-wide exclusive
+// scan of the counts, then write the indices in order (so `order` is sorted). O(N), no atomics.
+template <typename acc_t>
+__global__ void __launch_bounds__(1024) compact_kernel(const acc_t* __restrict__ w, int64_t N, int* __restrict__ order,
+                                                       int* __restrict__ count) {
+  constexpr int T = 1024;
+  __shared__ int warp_base[32];
+  const int tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  const int64_t seg = (N + T - 1) / T;
+  const int64_t b = min(N, int64_t(tid) * seg), e = min(N, b + seg);
+  int c = 0;
+  for (int64_t i = b; i < e; ++i) c += w[i] != acc_t(0);  // NaN != 0: a NaN weight is an active row
+  int x = c;  // inclusive scan within the warp
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(kFull, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) warp_base[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    const int tot = warp_base[lane];
+    int s = tot;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(kFull, s, o);
+      if (lane >= o) s += y;
+    }
+    warp_base[lane] = s - tot;  // exclusive
+  }
+  __syncthreads();
+  int pos = warp_base[warp] + x - c;
+  for (int64_t i = b; i < e; ++i)
+    if (w[i] != acc_t(0)) order[pos++] = int(i);
+  if (tid == T - 1) *count = pos;
+}
+
+// ------------------------------------------------------------------------- logsumexp, loss, dlogits
+template <typename acc_t>
+__device__ __forceinline__ LseState<acc_t> block_lse(LseState<acc_t> st) {
+  __shared__ acc_t sm[32], ss[32];
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const LseState<acc_t> other{__shfl_xor_sync(kFull, st.m, o), __shfl_xor_sync(kFull, st.s, o)};
+    st = lse_merge(st, other);
+  }
+  if (lane == 0) {
+    sm[warp] = st.m;
+    ss[warp] = st.s;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    st = lane < int(blockDim.x) / 32 ? LseState<acc_t>{sm[lane], ss[lane]} : lse_empty<acc_t>();
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const LseState<acc_t> other{__shfl_xor_sync(kFull, st.m, o), __shfl_xor_sync(kFull, st.s, o)};
+      st = lse_merge(st, other);
+    }
+    if (lane == 0) {
+      sm[0] = st.m;
+      ss[0] = st.s;
+    }
+  }
+  __syncthreads();
+  return {sm[0], ss[0]};
+}
+
+// Block i handles compacted row row0 + i (if it exists): logits row i of the workspace.
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads) softmax_rows_kernel(acc_t* logits, int64_t ld, int64_t nc,
+                                                                   const int* __restrict__ order,
+                                                                   const int* __restrict__ count, int64_t row0,
+                                                                   const int64_t* __restrict__ target,
+                                                                   const acc_t* __restrict__ row_weight,
+                                                                   acc_t* __restrict__ loss, bool write_grad) {
+  const int64_t g = row0 + blockIdx.x;
+  if (g >= *count) return;
+  const int r = order[g];
+  acc_t* z = logits + int64_t(blockIdx.x) * ld;
+  LseState<acc_t> st = lse_empty<acc_t>();
+  for (int64_t c = threadIdx.x; c < nc; c += kRowThreads) st = lse_push(st, z[c]);
+  const acc_t lse = lse_value(block_lse(st));
+  const int64_t t = target[r];
+  const bool valid = t >= 0 && t < nc;
+  const acc_t w = valid ? row_weight[r] : std::numeric_limits<acc_t>::quiet_NaN();
+  if (threadIdx.x == 0) loss[r] = valid ? row_loss(w, lse, z[t]) : w;
+  if (!write_grad) return;
+  // In place: dlogit c (a T) occupies bytes [c * sizeof(T), (c + 1) * sizeof(T)) of the row, inside
+  // logits [0, c] -- already read in this slice or an earlier one. The barrier orders this slice's
+  // reads (and thread 0's read of z[t] above) before its writes; later slices read only logits
+  // beyond every byte written so far.
+  T* d = reinterpret_cast<T*>(z);
+  for (int64_t c0 = 0; c0 < nc; c0 += kRowThreads) {
+    const int64_t c = c0 + threadIdx.x;
+    const acc_t v = c < nc ? z[c] : acc_t(0);
+    __syncthreads();
+    if (c < nc) store_as(d + c, logit_grad(w, v, lse, c == t));
+  }
+}
+
+// grad_b[c] += sum over the chunk's valid rows of dlogits[i][c] (one thread per class, fixed order).
+template <typename T, typename acc_t>
+__global__ void bias_grad_kernel(const T* __restrict__ d, int64_t ld_t, int64_t nc, const int* __restrict__ count,
+                                 int64_t row0, int64_t R, acc_t* __restrict__ gb) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= nc) return;
+  const int64_t valid = max(int64_t(0), min(R, int64_t(*count) - row0));
+  acc_t s = 0;
+  for (int64_t i = 0; i < valid; ++i) s += to_acc(d[i * ld_t + c]);
+  gb[c] += s;
+}
+
+// grad_hidden[order[row0 + i]] = sum over splits of the split-K partials of row i.
+template <typename T, typename acc_t>
+__global__ void scatter_rows_kernel(const acc_t* __restrict__ part, int splits, int64_t split_stride, int64_t R,
+                                    int64_t D, const int* __restrict__ order, const int* __restrict__ count,
+                                    int64_t row0, T* __restrict__ grad_hidden) {
+  const int64_t valid = max(int64_t(0), min(R, int64_t(*count) - row0));
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < valid * D;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = e / D, col = e % D;
+    acc_t s = 0;
+    for (int z = 0; z < splits; ++z) s += part[z * split_stride + i * D + col];
+    store_as(grad_hidden + int64_t(order[row0 + i]) * D + col, s);
+  }
+}
+
+// ------------------------------------------------------------------------------------- epilogues
+template <typename acc_t>
+struct StoreLogits {  // out[m][n] = value + bias[n]
+  acc_t* out;
+  int64_t ld;
+  const acc_t* bias;
+  static constexpr bool kAccumulates = false;
+  __device__ __forceinline__ void operator()(int64_t m, int64_t n, acc_t v) const {
+    out[m * ld + n] = bias ? v + bias[n] : v;
+  }
+};
+
+template <typename acc_t>
+struct StorePartial {  // split-K partial z of out[m][n]
+  acc_t* out;
+  int64_t ld, split_stride;
+  static constexpr bool kAccumulates = false;
+  __device__ __forceinline__ void operator()(int64_t m, int64_t n, acc_t v) const {
+    out[int64_t(blockIdx.z) * split_stride + m * ld + n] = v;
+  }
+};
+
+template <typename acc_t>
+struct Accumulate {  // out[m][n] += value (each entry owned by one block of the launch)
+  acc_t* out;
+  int64_t ld;
+  static constexpr bool kAccumulates = true;
+  __device__ __forceinline__ void operator()(int64_t m, int64_t n, acc_t v) const { out[m * ld + n] += v; }
+};
+
+// ---------------------------------------------------------------------------------------- host side
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename T>
+Stored<T> stored(const void* ptr, int64_t ld, const int* rows = nullptr, int64_t rows_offset = 0) {
+  constexpr int64_t vec = 16 / int64_t(sizeof(T));
+  const bool aligned = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && ld % vec == 0;
+  return Stored<T>{static_cast<const T*>(ptr), ld, rows, rows_offset, aligned};
+}
+
+template <typename T, bool A_KMAJOR, bool B_KMAJOR, class Epi>
+void launch_gemm(const GemmArgs<T>& a, const Epi& epi, int64_t m_max, int splits, cudaStream_t stream) {
+  using TL = Tile<T>;
+  const int64_t gy = ceil_div(a.N, TL::BN);
+  TORCH_CHECK(gy <= 65535, "radd_fast.", kOp, ": too many columns for the CUDA kernel (", a.N, ")");
+  const dim3 grid(unsigned(ceil_div(m_max, TL::BM)), unsigned(gy), unsigned(splits));
+  if (grid.x == 0 || grid.y == 0) return;
+  gpu::gemm_kernel<T, A_KMAJOR, B_KMAJOR, Epi><<<grid, gpu::kThreads, 0, stream>>>(a, epi);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+struct Flags {
+  bool hidden = false, weight = false, bias = false;
+  bool any() const { return hidden || weight || bias; }
+};
+
+int sm_count(int device) {
+  static int cached[64] = {0};
+  int& n = cached[device < 64 ? device : 63];
+  if (n == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& hidden, const at::Tensor& weight,
+                                                                const c10::optional<at::Tensor>& bias_opt,
+                                                                const at::Tensor& target, const at::Tensor& row_weight,
+                                                                int64_t nc, Flags want) {
+  using acc_t = typename gpu::AccOf<T>::type;
+  using TL = Tile<T>;
+  const int64_t N = hidden.size(0), D = hidden.size(1);
+  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+  const auto fopt = hidden.options().dtype(acc);
+  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
+  want.bias = want.bias && has_bias;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  const at::Tensor tgt = target.contiguous();
+  const at::Tensor w_acc = row_weight.to(acc).contiguous();
+  at::Tensor loss = at::zeros({N}, fopt);
+  at::Tensor grad_hidden = want.hidden ? at::zeros_like(hidden) : at::empty({0}, hidden.options());
+  at::Tensor grad_weight = want.weight ? at::zeros_like(weight) : at::empty({0}, weight.options());
+  at::Tensor grad_bias = want.bias ? at::zeros_like(*bias_opt) : at::empty({0}, weight.options());
+
+  at::Tensor order = at::empty({N}, hidden.options().dtype(at::kInt));
+  at::Tensor count = at::empty({1}, hidden.options().dtype(at::kInt));
+  compact_kernel<acc_t><<<1, 1024, 0, stream>>>(w_acc.const_data_ptr<acc_t>(), N, order.data_ptr<int>(),
+                                                count.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int* ord = order.const_data_ptr<int>();
+  const int* cnt = count.const_data_ptr<int>();
+
+  // Workspace row stride: a multiple of 16 elements, so the in-place T view of a row (stride
+  // ld * sizeof(acc_t) / sizeof(T)) stays 16-byte aligned for vector loads.
+  const int64_t ld = ceil_div(nc, 16) * 16;
+  const int64_t ld_t = ld * int64_t(sizeof(acc_t)) / int64_t(sizeof(T));
+  int64_t R = kCudaWorkspaceBytes / (ld * int64_t(sizeof(acc_t))) / 128 * 128;
+  R = std::max<int64_t>(128, std::min(R, ceil_div(N, 128) * 128));
+  at::Tensor logits = at::empty({R, ld}, fopt);
+  acc_t* L = logits.data_ptr<acc_t>();
+  const T* d_ptr = reinterpret_cast<const T*>(L);
+
+  const T* H = reinterpret_cast<const T*>(hidden.const_data_ptr());
+  const T* W = reinterpret_cast<const T*>(weight.const_data_ptr());
+  const at::Tensor b_acc = has_bias ? bias_opt->narrow(0, 0, nc).to(acc).contiguous() : at::Tensor();
+  const bool same = weight.scalar_type() == acc;
+  at::Tensor gw_acc, gb_acc, part;
+  if (want.weight) gw_acc = same ? grad_weight.narrow(0, 0, nc) : at::zeros({nc, D}, fopt);
+  if (want.bias) gb_acc = same ? grad_bias.narrow(0, 0, nc) : at::zeros({nc}, fopt);
+
+  // grad_h has only ceil(R / BM) x ceil(D / BN) output tiles (60 for R = 1,280, D = 768) and a deep
+  // K = nc: split K so that about two blocks per SM are busy.
+  const int64_t out_tiles = ceil_div(R, TL::BM) * ceil_div(D, TL::BN);
+  int splits = int(std::min<int64_t>(16, std::max<int64_t>(1, ceil_div(2 * sm_count(hidden.get_device()), out_tiles))));
+  const int64_t k_split = ceil_div(ceil_div(nc, splits), TL::BK) * TL::BK;
+  splits = int(ceil_div(nc, k_split));
+  if (want.hidden) part = at::empty({splits, R, D}, fopt);
+
+  for (int64_t row0 = 0; row0 < N; row0 += R) {
+    // 1. logits of the chunk's rows: A = hidden rows gathered through order (K-major), B = W (K-major).
+    GemmArgs<T> lg{stored<T>(H, D, ord, row0), stored<T>(W, D), Bound{R, cnt, row0}, Bound{D, nullptr, 0}, nc,
+                   ceil_div(D, TL::BK) * TL::BK};
+    launch_gemm<T, true, true>(lg, StoreLogits<acc_t>{L, ld, has_bias ? b_acc.const_data_ptr<acc_t>() : nullptr}, R,
+                               1, stream);
+    // 2. logsumexp, loss, dlogits.
+    softmax_rows_kernel<T, acc_t><<<unsigned(R), kRowThreads, 0, stream>>>(
+        L, ld, nc, ord, cnt, row0, tgt.const_data_ptr<int64_t>(), w_acc.const_data_ptr<acc_t>(),
+        loss.data_ptr<acc_t>(), want.any());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!want.any()) continue;
+    if (want.hidden) {
+      // 3. grad_h = dlogits (K-major, K = nc) @ W[:nc] (stored rows = K).
+      GemmArgs<T> gh{stored<T>(d_ptr, ld_t), stored<T>(W, D), Bound{R, cnt, row0}, Bound{nc, nullptr, 0}, D, k_split};
+      launch_gemm<T, true, false>(gh, StorePartial<acc_t>{part.data_ptr<acc_t>(), D, R * D}, R, splits, stream);
+      const int64_t blocks = std::min<int64_t>(ceil_div(R * D, 256), 4096);
+      scatter_rows_kernel<T, acc_t><<<unsigned(blocks), 256, 0, stream>>>(
+          part.const_data_ptr<acc_t>(), splits, R * D, R, D, ord, cnt, row0,
+          reinterpret_cast<T*>(grad_hidden.data_ptr()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (want.weight) {
+      // 4. grad_W[:nc] += dlogits^T (stored rows = K = chunk rows, cols = M = classes) @ hidden rows
+      //    gathered through order (stored rows = K); K bounded by the device-side count.
+      GemmArgs<T> gw{stored<T>(d_ptr, ld_t), stored<T>(H, D, ord, row0), Bound{nc, nullptr, 0}, Bound{R, cnt, row0}, D,
+                     ceil_div(R, TL::BK) * TL::BK};
+      launch_gemm<T, false, false>(gw, Accumulate<acc_t>{gw_acc.data_ptr<acc_t>(), D}, nc, 1, stream);
+    }
+    if (want.bias) {
+      bias_grad_kernel<T, acc_t><<<unsigned(ceil_div(nc, 256)), 256, 0, stream>>>(d_ptr, ld_t, nc, cnt, row0, R,
+                                                                                  gb_acc.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
+  if (want.weight && !same) grad_weight.narrow(0, 0, nc).copy_(gw_acc);
+  if (want.bias && !same) grad_bias.narrow(0, 0, nc).copy_(gb_acc);
+  return {loss, grad_hidden, grad_weight, grad_bias};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dispatch(const at::Tensor& hidden, const at::Tensor& weight,
+                                                                     const c10::optional<at::Tensor>& bias,
+                                                                     const at::Tensor& target,
+                                                                     const at::Tensor& row_weight, int64_t nc,
+                                                                     Flags want) {
+  check_args(hidden, weight, bias, target, row_weight, nc);
+  check_device_type(hidden, c10::DeviceType::CUDA, kOp, "hidden");
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  switch (hidden.scalar_type()) {
+    case at::kFloat:
+      return run<float>(hidden, weight, bias, target, row_weight, nc, want);
+    case at::kDouble:
+      return run<double>(hidden, weight, bias, target, row_weight, nc, want);
+    default:
+      break;
+  }
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, hidden.get_device()));
+  TORCH_CHECK(major >= 8, "radd_fast.", kOp, ": bfloat16/float16 on CUDA need compute capability 8.0 or newer "
+              "(tensor-core bf16), this device has ", major, ".x; use float32");
+  if (hidden.scalar_type() == at::kBFloat16) return run<__nv_bfloat16>(hidden, weight, bias, target, row_weight, nc, want);
+  return run<__half>(hidden, weight, bias, target, row_weight, nc, want);
+}
+
+at::Tensor linear_dce_loss_cuda(const at::Tensor& hidden, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias, const at::Tensor& target,
+                                const at::Tensor& row_weight, int64_t num_classes) {
+  return std::get<0>(dispatch(hidden, weight, bias, target, row_weight, num_classes, Flags{}));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_dce_loss_grad_cuda(
+    const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
+    const at::Tensor& row_weight, int64_t num_classes, std::array<bool, 3> output_mask) {
+  return dispatch(hidden, weight, bias, target, row_weight, num_classes,
+                  Flags{output_mask[0], output_mask[1], output_mask[2]});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(radd_fast, CUDA, m) {
+  m.impl("linear_dce_loss", &linear_dce_loss_cuda);
+  m.impl("linear_dce_loss_grad", &linear_dce_loss_grad_cuda);
+}
+
+}  // namespace radd_fast::dce

@@ -1,0 +1,152 @@
+// Fused linear + masked weighted cross-entropy (the lambda-DCE kernel of RADD).
+//
+//   loss_r = row_weight[r] * (logsumexp_{c < num_classes}(h_r . W_c + b_c) - (h_r . W_{t_r} + b_{t_r}))
+//
+// hidden (N, D), weight (C, D) with C >= num_classes (the mask column, c = C - 1 by default, is
+// never a class), bias (C,) or none, target (N,) int64, row_weight (N,) float. Rows with weight 0
+// are compacted away before any matmul, and the N x C logits never exist: the kernels work on
+// chunks of R active rows (R x C logits at a time) and keep fp32 (fp64 for fp64) statistics.
+//
+// Two ops (schemas in csrc/radd_fast.cpp):
+//   linear_dce_loss       -> per-row loss (N,) in the accumulation dtype (0 for weight-0 rows);
+//   linear_dce_loss_grad  -> the same loss plus the gradients of sum(loss) w.r.t. hidden, weight
+//                            and bias (each only when asked for; an empty tensor otherwise).
+// A backward with per-row upstream gradients g is linear_dce_loss_grad with row_weight * g.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "common/checks.h"
+#include "common/macros.h"
+
+namespace radd_fast::dce {
+
+constexpr const char* kOp = "linear_dce_loss";  // the name every message uses (both ops)
+
+// ------------------------------------------------------------------------ shared tile-level math
+// Exponential and logarithm that resolve to the CUDA math library on the device and to libm on the
+// host, for float and double alike.
+RADD_HD float exp_acc(float x) { return ::expf(x); }
+RADD_HD double exp_acc(double x) { return ::exp(x); }
+RADD_HD float log_acc(float x) { return ::logf(x); }
+RADD_HD double log_acc(double x) { return ::log(x); }
+
+// Running logsumexp of a set of logits as (max m, sum of exp(z - m)). The empty set is (-inf, 0).
+template <typename acc_t>
+struct LseState {
+  acc_t m;
+  acc_t s;
+};
+
+template <typename acc_t>
+RADD_HD LseState<acc_t> lse_empty() {
+  return {-std::numeric_limits<acc_t>::infinity(), acc_t(0)};
+}
+
+// Union of two disjoint sets (online softmax merge). Exact up to one rounding per term: the state
+// with the smaller max is rescaled by exp(m_small - m_big) <= 1, so nothing overflows. A NaN in
+// either state propagates to the result.
+template <typename acc_t>
+RADD_HD LseState<acc_t> lse_merge(LseState<acc_t> a, LseState<acc_t> b) {
+  if (a.m < b.m) {
+    const LseState<acc_t> t = a;
+    a = b;
+    b = t;
+  }
+  if (b.m == -std::numeric_limits<acc_t>::infinity()) return a;  // b empty (or both)
+  return {a.m, a.s + b.s * exp_acc(b.m - a.m)};
+}
+
+// Adds one logit z to the set.
+template <typename acc_t>
+RADD_HD LseState<acc_t> lse_push(LseState<acc_t> st, acc_t z) {
+  return lse_merge(st, LseState<acc_t>{z, acc_t(1)});
+}
+
+template <typename acc_t>
+RADD_HD acc_t lse_value(LseState<acc_t> st) {
+  return st.m + log_acc(st.s);
+}
+
+// The loss of one row: weight * (logsumexp - target logit).
+template <typename acc_t>
+RADD_HD acc_t row_loss(acc_t weight, acc_t lse, acc_t target_logit) {
+  return weight * (lse - target_logit);
+}
+
+// d loss / d logit for one entry of a row: scale * (softmax - onehot), scale = row weight (times the
+// upstream gradient in a backward).
+template <typename acc_t>
+RADD_HD acc_t logit_grad(acc_t scale, acc_t z, acc_t lse, bool is_target) {
+  return scale * (exp_acc(z - lse) - (is_target ? acc_t(1) : acc_t(0)));
+}
+
+// ------------------------------------------------------------------------------ chunk sizes
+// CPU: active rows per chunk. The chunk's logits are a (num_classes x R) buffer (50,257 x 256 fp32
+// = 51 MB for GPT-2); MKL's three GEMMs run within 10% of their best rate from R = 256 up (measured
+// on 2 Zen 4 cores: 80-100 GFLOP/s), so a larger chunk only costs memory.
+constexpr int64_t kCpuChunkRows = 256;
+// CPU: vocabulary rows per task of the fused softmax pass: 256 x 256 fp32 = 256 KB, cache-resident
+// between its two sweeps.
+constexpr int64_t kCpuVocabBlock = 256;
+// CUDA: bytes of the per-chunk logits workspace. R = budget / (row stride * 4): 1,280 rows for
+// GPT-2's vocabulary. The weight gradient is accumulated once per chunk (read + write of C x D fp32),
+// so fewer, larger chunks cut that traffic; 256 MiB keeps it under ~15% of the matmul time at
+// N = 64 x 1,024 while the workspace stays O(chunk x V).
+constexpr int64_t kCudaWorkspaceBytes = int64_t(256) << 20;
+
+// ----------------------------------------------------------------------------- host checks
+inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Shape, dtype and device checks shared by the CPU and CUDA entry points (values are checked by
+// check_values on the CPU; see the CUDA kernel for what it does with bad values).
+inline void check_args(const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       const at::Tensor& target, const at::Tensor& row_weight, int64_t num_classes) {
+  const char* op = kOp;
+  check_defined(hidden, op, "hidden");
+  check_defined(weight, op, "weight");
+  check_defined(target, op, "target");
+  check_defined(row_weight, op, "row_weight");
+  check_dim(hidden, 2, op, "hidden", "(N, D)");
+  const int64_t N = hidden.size(0), D = hidden.size(1);
+  TORCH_CHECK_VALUE(N >= 1, "radd_fast.", op, ": 'hidden' must have at least one row, got shape ", hidden.sizes());
+  TORCH_CHECK_VALUE(D >= 1, "radd_fast.", op, ": 'hidden' must have D >= 1 features, got shape ", hidden.sizes());
+  TORCH_CHECK_VALUE(N < (int64_t(1) << 31), "radd_fast.", op, ": 'hidden' has ", N, " rows; at most 2^31 - 1 are supported");
+  check_dtype(hidden, {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}, op, "hidden");
+  check_contiguous(hidden, op, "hidden");
+  check_same_device(hidden, weight, op, "hidden", "weight");
+  check_dim(weight, 2, op, "weight", "(C, D)");
+  TORCH_CHECK_VALUE(weight.size(1) == D, "radd_fast.", op, ": 'weight' must have shape (C, D) with D = ", D,
+                    " (the last dim of 'hidden'), got ", weight.sizes());
+  const int64_t C = weight.size(0);
+  TORCH_CHECK_VALUE(C >= 1, "radd_fast.", op, ": 'weight' must have at least one row, got shape ", weight.sizes());
+  check_same_dtype(hidden, weight, op, "hidden", "weight");
+  check_contiguous(weight, op, "weight");
+  if (bias.has_value() && bias->defined()) {
+    check_same_device(hidden, *bias, op, "hidden", "bias");
+    check_dim(*bias, 1, op, "bias", "(C,)");
+    TORCH_CHECK_VALUE(bias->size(0) == C, "radd_fast.", op, ": 'bias' must have shape (C,) with C = ", C,
+                      " (the rows of 'weight'), got ", bias->sizes());
+    check_same_dtype(hidden, *bias, op, "hidden", "bias");
+    check_contiguous(*bias, op, "bias");
+  }
+  TORCH_CHECK_VALUE(num_classes >= 1 && num_classes <= C, "radd_fast.", op, ": 'num_classes' must be in [1, C] = [1, ",
+                    C, "], got ", num_classes);
+  check_same_device(hidden, target, op, "hidden", "target");
+  check_dim(target, 1, op, "target", "(N,)");
+  TORCH_CHECK_VALUE(target.size(0) == N, "radd_fast.", op, ": 'target' must have shape (N,) with N = ", N,
+                    " (the rows of 'hidden'), got ", target.sizes());
+  check_dtype(target, {at::kLong}, op, "target");
+  check_same_device(hidden, row_weight, op, "hidden", "row_weight");
+  check_dim(row_weight, 1, op, "row_weight", "(N,)");
+  TORCH_CHECK_VALUE(row_weight.size(0) == N, "radd_fast.", op, ": 'row_weight' must have shape (N,) with N = ", N,
+                    " (the rows of 'hidden'), got ", row_weight.sizes());
+  check_dtype(row_weight, {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}, op, "row_weight");
+}
+
+}  // namespace radd_fast::dce
