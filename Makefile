@@ -8,8 +8,8 @@ SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.c
 
 .PHONY: demo test bench install cmake-test cuda-build clean
 
-demo: $(VENV)/.built          ## the main job
-	$(VENV)/bin/radd-fast info
+demo: $(VENV)/.built          ## the main job: train the tiny model on the CPU, sample, evaluate
+	$(VENV)/bin/radd-fast demo
 
 test: $(VENV)/.built          ## the test suite, then every benchmark body once
 	$(PY) -m pytest tests -q

@@ -85,9 +85,11 @@ class Bench:
                 b.extra_info["GB/s"] = round(bytes / mean / 1e9, 2)
             if flops:
                 b.extra_info["TFLOP/s"] = round(flops / mean / 1e12, 3)
+            rate = None
             for name, count in (per_s or {}).items():
                 b.extra_info[f"{name}/s"] = round(count / mean, 1)
-            _RESULTS.append(dict(group=group, impl=impl, mean=mean, baseline=baseline,
+                rate = rate or f"{count / mean:,.0f} {name}/s"
+            _RESULTS.append(dict(group=group, impl=impl, mean=mean, baseline=baseline, rate=rate,
                                  **{k: b.extra_info.get(k) for k in ("GB/s", "TFLOP/s", "peak_MB")}))
         return result
 
@@ -111,7 +113,8 @@ def pytest_terminal_summary(terminalreporter):
         base = rows[0]["baseline"]
         ref = next((r for r in rows if r["impl"] == base), None)
         for r in rows:
-            rate = f"{r['TFLOP/s']} TFLOP/s" if r.get("TFLOP/s") else f"{r['GB/s']} GB/s" if r.get("GB/s") else ""
+            rate = f"{r['TFLOP/s']} TFLOP/s" if r.get("TFLOP/s") else f"{r['GB/s']} GB/s" if r.get("GB/s") else (
+                r.get("rate") or "")
             sp = f"{ref['mean'] / r['mean']:.2f}x" if ref else "-"
             peak = f"{r['peak_MB']:.0f}" if r.get("peak_MB") is not None else ""
             mem = f"{r['peak_MB'] / ref['peak_MB']:.3f}" if peak and ref and ref.get("peak_MB") else ""

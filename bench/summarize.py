@@ -45,7 +45,8 @@ def main(argv: list[str]) -> int:
             ref = next((r["stats"]["mean"] for r in rows if r["extra_info"].get("impl") == base), None)
             for r in rows:
                 e, mean = r["extra_info"], r["stats"]["mean"]
-                rate = (f"{e['TFLOP/s']} TFLOP/s" if "TFLOP/s" in e else f"{e['GB/s']} GB/s" if "GB/s" in e else "")
+                per_s = next((f"{v:,.0f} {k}" for k, v in e.items() if k.endswith("/s") and k not in ("GB/s", "TFLOP/s")), "")
+                rate = (f"{e['TFLOP/s']} TFLOP/s" if "TFLOP/s" in e else f"{e['GB/s']} GB/s" if "GB/s" in e else per_s)
                 sp = f"{ref / mean:.2f}x" if ref else "-"
                 peak = f"{e['peak_MB']:.0f}" if e.get("peak_MB") is not None else ""
                 print(f"{g[:44]:<44} {e.get('impl', '?'):<10} {mean * 1e3:>9.3f} {rate:>16} {sp:>7} {peak:>9}")

@@ -195,7 +195,8 @@ def train(cfg: TrainConfig) -> dict:
     val_windows = chunks(val_data, length, max_chunks=cfg.eval_batches * cfg.batch_size).to(device)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    # fused=True: one kernel for the whole update instead of ~10 elementwise passes per tensor.
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     param_names = {k for k, p in model.named_parameters() if p.dtype.is_floating_point}
