@@ -72,6 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ema weights of a training checkpoint when present (auto), or the raw ones")
     s.add_argument("--tokenizer-path", default=None, help="folder of GPT-2's encoder.json and vocab.bpe")
 
+    e = sub.add_parser("eval", help="Monte Carlo likelihood bound (perplexity) of a checkpoint on benchmark text")
+    e.add_argument("--ckpt", required=True, help="a model folder or a training checkpoint folder")
+    e.add_argument("--data", required=True, help="lambada, wikitext2, wikitext103, ptb, lm1b, or a .txt/.jsonl path")
+    e.add_argument("--loss", default="ao", help="ao (default: finite variance), lambda_dce, t_dce or dse")
+    e.add_argument("--mc-samples", type=int, default=8, help="mask draws per chunk (K)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--length", type=int, default=None, help="chunk length (default: the model's length)")
+    e.add_argument("--sampling", choices=("low_variance", "uniform"), default="low_variance")
+    e.add_argument("--mode", choices=("bound", "exact_order"), default="bound",
+                   help="exact_order: any-order AR likelihood in a random order (L calls per chunk)")
+    e.add_argument("--max-chunks", type=int, default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--weights", choices=("auto", "ema", "model"), default="auto")
+    e.add_argument("--data-dir", default=None, help="folder holding the benchmark files (default ../shared/data)")
+    e.add_argument("--tokenizer-path", default=None)
+    e.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON to this file")
+    e.add_argument("--no-progress", dest="progress", action="store_false")
+
     d = sub.add_parser("demo", help="the main job: train the tiny byte-level model on the CPU, sample, evaluate")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--minutes", type=float, default=3.0, help="training time budget (default 3)")
@@ -114,6 +133,27 @@ def _run(args) -> int:
                 device=args.device, weights=args.weights, tokenizer_path=args.tokenizer_path)):
             print(f"--- sample {i}\n{text}")
         return 0
+    if args.command == "eval":
+        from .evaluate import evaluate
+        from .io import atomic_write
+        from .sampling import load_for_inference
+
+        model = load_for_inference(args.ckpt, args.device, args.weights)
+        amp = torch_bf16_if_cuda(model)
+        res = evaluate(model, args.data, mode=args.mode, loss=args.loss, mc_samples=args.mc_samples,
+                       batch_size=args.batch_size, length=args.length, sampling=args.sampling, seed=args.seed,
+                       max_chunks=args.max_chunks, data_dir=args.data_dir, tokenizer_path=args.tokenizer_path,
+                       progress=args.progress, autocast_dtype=amp)
+        lo, hi = res.perplexity_ci95
+        print(f"{res.dataset}: {res.mode} {res.nll_per_token:.4f} ± {res.stderr:.4f} nats/token "
+              f"(MC standard error), perplexity {res.perplexity:.2f} (95% CI {lo:.2f}-{hi:.2f}); "
+              f"{res.chunks} chunks x {res.length} tokens, {res.mc_samples} draws each, "
+              f"{res.tokens_per_second:,.0f} tokens/s")
+        if args.json_out:
+            with atomic_write(args.json_out, "w") as f:
+                f.write(res.to_json() + "\n")
+        print(res.to_json())
+        return 0
     if args.command == "demo":
         from .demo import run_demo
 
@@ -121,6 +161,12 @@ def _run(args) -> int:
                  model_overrides=_parse_overrides(args.model_overrides), progress=args.progress)
         return 0
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
+
+
+def torch_bf16_if_cuda(model):
+    import torch
+
+    return torch.bfloat16 if model.output_weight.device.type == "cuda" else None
 
 
 if __name__ == "__main__":
