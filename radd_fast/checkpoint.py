@@ -12,10 +12,12 @@ checkpoint; loading never runs code from a file (safetensors, and torch.load(wei
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +31,13 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
 TRAINING_STATE = "training_state.pt"
+# SHA-256 of every other file of a folder we wrote. Neither safetensors nor torch's zip reader checks
+# the bytes of tensor data, so without this a flipped byte loads as silently wrong weights.
+CHECKSUMS = "checksums.json"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+# Fault-injection hook for the crash tests: seconds to wait after a checkpoint's files are written and
+# before the folder is renamed into place, so a kill can be aimed at the middle of a write.
+_FAULT_SLEEP = float(os.environ.get("RADD_FAST_FAULT_CHECKPOINT_SLEEP", "0") or 0)
 
 
 class CheckpointError(ValueError):
@@ -79,6 +87,34 @@ def read_config(folder: str | os.PathLike) -> RADDConfig:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
     return config_from_json(d, path)
+
+
+# -------------------------------------------------------------------------------------------- checksums
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n")
+
+
+def verify_checksums(folder: Path, names: list[str]) -> None:
+    """Check `names` against checksums.json when the folder has one (reference checkpoints do not)."""
+    path = folder / CHECKSUMS
+    if not path.exists():
+        return
+    try:
+        sums = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    for name in names:
+        if name in sums and (folder / name).exists() and _sha256(folder / name) != sums[name]:
+            raise CheckpointError(f"{folder / name}: corrupted (its SHA-256 differs from {CHECKSUMS})")
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -145,9 +181,11 @@ def save_pretrained(model: RADD, path: str | os.PathLike, state_dict: dict | Non
     return path
 
 
-def _fill_model_dir(folder: Path, cfg: RADDConfig, sd: dict) -> None:
+def _fill_model_dir(folder: Path, cfg: RADDConfig, sd: dict, checksums: bool = True) -> None:
     save_file(_cpu_contiguous(sd), str(folder / WEIGHTS), metadata={"format": "pt"})
     (folder / CONFIG).write_text(json.dumps(config_to_json(cfg), indent=2) + "\n")
+    if checksums:
+        write_checksums(folder)
 
 
 def load_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cpu", impl: str = "auto",
@@ -163,6 +201,7 @@ def load_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cp
         raise ValueError(f"load_pretrained: 'weights' must be 'model' or 'ema', got {weights!r}")
     cfg = read_config(path)
     file = path / (WEIGHTS if weights == "model" else EMA_WEIGHTS)
+    verify_checksums(path, [CONFIG, file.name])
     sd = read_weights(file)
     model = RADD(cfg, impl=impl)
     sd = check_state_dict(model, sd, file)
@@ -180,10 +219,13 @@ def save_training_checkpoint(run_dir: str | os.PathLike, step: int, model: RADD,
     """Write checkpoints/step_XXXXXXXX/ atomically, then delete all but the newest `keep`."""
     folder = step_dir(run_dir, step)
     with atomic_dir(folder) as tmp:
-        _fill_model_dir(tmp, model.config, model.state_dict())
+        _fill_model_dir(tmp, model.config, model.state_dict(), checksums=False)
         if ema is not None:
             save_file(_cpu_contiguous(ema), str(tmp / EMA_WEIGHTS), metadata={"format": "pt"})
         torch.save(state, tmp / TRAINING_STATE)
+        write_checksums(tmp)
+        if _FAULT_SLEEP:
+            time.sleep(_FAULT_SLEEP)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return folder
@@ -201,6 +243,7 @@ def load_training_checkpoint(folder: str | os.PathLike, model: RADD) -> tuple[di
     """Load weights into `model` and return (ema state dict or None, training state); raise
     CheckpointError/FileNotFoundError naming the file at fault."""
     folder = Path(folder)
+    verify_checksums(folder, [CONFIG, WEIGHTS, EMA_WEIGHTS, TRAINING_STATE])
     cfg = read_config(folder)
     if cfg != model.config:
         diff = {k: (v, getattr(model.config, k)) for k, v in cfg.to_dict().items() if getattr(model.config, k) != v}
@@ -223,13 +266,22 @@ def load_training_checkpoint(folder: str | os.PathLike, model: RADD) -> tuple[di
 
 
 def latest_valid_checkpoint(run_dir: str | os.PathLike, model: RADD, log=print):
-    """The newest checkpoint that loads, as (folder, ema, state), or None. Damaged ones are reported
-    and skipped (left in place for inspection); stale temporaries of a killed writer are removed."""
+    """The newest checkpoint that loads, as (folder, ema, state), or None.
+
+    A damaged one is reported and renamed to ``step_XXXXXXXX.damaged`` (kept for inspection, out of
+    the way of the resumed run, which will write that step again); stale temporaries of a killed
+    writer are removed.
+    """
     remove_stale_temps(Path(run_dir) / "checkpoints")
     for folder in reversed(list_checkpoints(run_dir)):
         try:
             ema, state = load_training_checkpoint(folder, model)
             return folder, ema, state
         except (CheckpointError, FileNotFoundError) as e:
-            log(f"skipping damaged checkpoint {folder}: {e}")
+            aside = folder.with_name(folder.name + ".damaged")
+            n = 1
+            while aside.exists():
+                aside, n = folder.with_name(f"{folder.name}.damaged{n}"), n + 1
+            os.rename(folder, aside)
+            log(f"skipping damaged checkpoint {folder} (moved to {aside.name}): {e}")
     return None

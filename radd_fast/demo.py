@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -45,7 +46,8 @@ def plot_losses(metrics_path: Path, png: Path, length: int) -> Path | None:
     recs = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     # Losses are per sequence; divided by the length they are bounds in nats per byte, like validation's.
-    ax.plot([r["step"] for r in recs], [r["loss"] / length for r in recs], label="training batch")
+    tr = [(r["step"], r["loss"] / length) for r in recs if "loss" in r]
+    ax.plot(*zip(*tr), label="training batch")
     v = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
     if v:
         ax.plot(*zip(*v), "o-", label="validation")
@@ -63,6 +65,14 @@ def plot_losses(metrics_path: Path, png: Path, length: int) -> Path | None:
 def run_demo(out: str = "runs/demo", minutes: float = 3.0, steps: int = 100_000, batch_size: int = 16, seed: int = 0,
              model_overrides: dict | None = None, progress: bool = True, sample_steps: int = 128) -> dict:
     out_dir = Path(out)
+    # The demo replaces its own previous run (and only that: a folder without the demo's marker is refused).
+    marker = out_dir / ".radd_fast_demo"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not marker.exists():
+            raise FileExistsError(f"{out_dir} exists and is not a previous demo run; choose another --out")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by radd-fast demo; the next demo run replaces this folder\n")
     cfg = TrainConfig(out_dir=str(out_dir), model="tiny", model_overrides=model_overrides or {}, data="stdlib",
                       batch_size=batch_size, steps=steps, max_minutes=minutes, lr=1e-3, warmup=50,
                       schedule="constant", ema=0.99, eval_every=100, save_every=500, log_every=10, seed=seed,

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from . import losses as L
-from .checkpoint import latest_valid_checkpoint, save_training_checkpoint
+from .checkpoint import list_checkpoints, latest_valid_checkpoint, load_training_checkpoint, save_training_checkpoint
 from .data import WindowSampler, chunks, prepare_corpus
 from .io import atomic_write
 from .model import RADD, preset
@@ -111,6 +111,14 @@ class _ThroughDDP:
 
     def __getattr__(self, name):  # vocab_size, mask_id, output_weight, output_bias, logits, ...
         return getattr(self._m, name)
+
+
+def _on_rank0(rank: int, distributed: bool, fn):
+    """fn() evaluated on rank 0 and broadcast, so every rank takes the same branch."""
+    value = [fn() if rank == 0 else None]
+    if distributed:
+        dist.broadcast_object_list(value, src=0)
+    return value[0]
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -204,9 +212,14 @@ def train(cfg: TrainConfig) -> dict:
     step, bad_steps = 0, 0
 
     if cfg.resume:
-        found = latest_valid_checkpoint(out, model, log=log)
-        if found is not None:
-            folder, ema_sd, state = found
+        # Rank 0 picks the checkpoint (and moves damaged ones aside); every rank then loads that one.
+        found = latest_valid_checkpoint(out, model, log=log) if rank == 0 else None
+        chosen = [str(found[0]) if found else ""]
+        if distributed:
+            dist.broadcast_object_list(chosen, src=0)
+        if chosen[0]:
+            folder = Path(chosen[0])
+            ema_sd, state = found[1:] if rank == 0 else load_training_checkpoint(folder, model)
             if ema_sd is not None:
                 ema = {k: v.to(device) for k, v in ema_sd.items()}
             opt.load_state_dict(state["optimizer"])
@@ -222,6 +235,11 @@ def train(cfg: TrainConfig) -> dict:
                 _truncate_metrics(out / "metrics.jsonl", step)
         else:
             log(f"no checkpoint in {out}: starting from scratch")
+            if rank == 0:
+                _truncate_metrics(out / "metrics.jsonl", 0)  # records of a run killed before its first save
+    elif _on_rank0(rank, distributed, lambda: bool(list_checkpoints(out) or (out / "metrics.jsonl").exists())):
+        raise FileExistsError(f"{out} holds a previous run (checkpoints/ or metrics.jsonl): pass resume=True "
+                              "(--resume) to continue it, or choose another out_dir")
 
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if distributed else None
@@ -277,11 +295,13 @@ def train(cfg: TrainConfig) -> dict:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
             dist.all_reduce(loss_sum)  # gloo has no AVG
             loss_sum /= world
+        skipped = None
         if bad.item() > 0:
             # Skip: no optimizer step, no EMA update. The scaler still lowers its scale for fp16.
             bad_steps += 1
-            log(f"step {step}: non-finite loss or gradient (loss {loss_sum.item()}, grad norm {grad_norm.item()}); "
-                f"step skipped ({bad_steps}/{cfg.max_bad_steps})")
+            skipped = (f"non-finite loss or gradient (loss {loss_sum.item()}, grad norm {grad_norm.item()}); "
+                       f"step skipped ({bad_steps} of at most {cfg.max_bad_steps})")
+            log(f"step {step + 1}: {skipped}")
             opt.zero_grad(set_to_none=True)
             scaler.update()
             if bad_steps > cfg.max_bad_steps:
@@ -299,8 +319,8 @@ def train(cfg: TrainConfig) -> dict:
             last_loss = loss_sum.item()
         step += 1
 
-        record = None
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        record = {"step": step, "skipped": skipped} if skipped else None
+        if skipped is None and (step % cfg.log_every == 0 or step == cfg.steps):
             now = time.time()
             tps = tokens_per_step * (step - last_step) / max(now - t_last, 1e-9)
             t_last, last_step = now, step
@@ -310,7 +330,7 @@ def train(cfg: TrainConfig) -> dict:
                 bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tps:,.0f}")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             val = validation_loss(model, val_windows, cfg.loss, cfg.batch_size, cfg.seed, autocast)
-            record = dict(record or {"step": step, "loss": last_loss, "lr": lr}, val_loss=val)
+            record = dict(record or {"step": step, "lr": lr}, val_loss=val)
         if record is not None and rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
