@@ -7,7 +7,7 @@ Use the `bench` fixture instead of pytest-benchmark's `benchmark` directly:
               bytes=..., flops=...)
 
 It synchronises CUDA inside the timed call, records impl/device/dtype/shape and the achieved rate
-(GB/s from `bytes`, TFLOP/s from `flops`) in extra_info, and the session ends with a table of
+(GB/s from `bytes`, TFLOP/s from `flops`, tokens/s from `tokens`) in extra_info, and the session ends with a table of
 each group's speed-up over its "reference" entry, so one run shows the comparison side by side.
 CUDA cases are skipped (reported, with the reason) when no GPU is visible; select them alone with
 `-m cuda`.
@@ -57,7 +57,8 @@ class Bench:
         self.benchmark = benchmark
 
     def __call__(self, fn, *, group: str, impl: str, device: torch.device, dtype=None, shape=None,
-                 bytes: float | None = None, flops: float | None = None, warmup: int = 1, **extra):
+                 bytes: float | None = None, flops: float | None = None, tokens: float | None = None,
+                 warmup: int = 1, rounds: int | None = None, **extra):
         sync = _sync(device)
         for _ in range(warmup):  # first-call costs (allocator, lazy init, compilation) stay out
             fn()
@@ -74,7 +75,8 @@ class Bench:
                             shape=str(tuple(shape)) if shape is not None else "", **extra)
         if device.type == "cuda":
             b.extra_info["gpu"] = torch.cuda.get_device_name(device)
-        result = b(timed)
+        # `rounds` fixes the number of timed calls (for calls that take seconds to minutes).
+        result = b.pedantic(timed, rounds=rounds, iterations=1) if rounds else b(timed)
         stats = getattr(b, "stats", None)
         mean = stats.stats.mean if stats is not None else None
         if mean:
@@ -82,7 +84,10 @@ class Bench:
                 b.extra_info["GB/s"] = round(bytes / mean / 1e9, 2)
             if flops:
                 b.extra_info["TFLOP/s"] = round(flops / mean / 1e12, 3)
-            _RESULTS.append(dict(group=group, impl=impl, mean=mean, **{k: b.extra_info.get(k) for k in ("GB/s", "TFLOP/s")}))
+            if tokens:
+                b.extra_info["tok/s"] = round(tokens / mean, 1)
+            _RESULTS.append(dict(group=group, impl=impl, mean=mean,
+                                 **{k: b.extra_info.get(k) for k in ("GB/s", "TFLOP/s", "tok/s")}))
         return result
 
 
@@ -104,6 +109,7 @@ def pytest_terminal_summary(terminalreporter):
     for g, rows in groups.items():
         ref = next((r["mean"] for r in rows if r["impl"] == "reference"), None)
         for r in rows:
-            rate = f"{r['TFLOP/s']} TFLOP/s" if r.get("TFLOP/s") else f"{r['GB/s']} GB/s" if r.get("GB/s") else ""
+            rate = (f"{r['TFLOP/s']} TFLOP/s" if r.get("TFLOP/s") else f"{r['GB/s']} GB/s" if r.get("GB/s")
+                    else f"{r['tok/s']} tok/s" if r.get("tok/s") else "")
             sp = f"{ref / r['mean']:.2f}x" if ref else "-"
             tr.write_line(f"{g:<{w}}  {r['impl']:<12} {r['mean'] * 1e3:>9.3f}ms {rate:>14} {sp:>9}")

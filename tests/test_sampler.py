@@ -560,9 +560,8 @@ def test_enfe_table_at_length_1024(device):
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 def test_no_host_sync_inside_the_loop_cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device visible")
     model = mixer(V=50, L=64, device="cuda")
     x_init = _x_init(model, 8, 64, {0: 1, 10: 2}, "cuda")
     for run in (run_cached, run_confidence):
@@ -720,3 +719,19 @@ def test_cli_method_flag():
     assert args.method == "confidence" and args.greedy
     with pytest.raises(SystemExit):
         p.parse_args(["sample", "--ckpt", "m", "--method", "fast"])
+
+
+def test_enfe_plot_script(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the 'plot' extra (matplotlib) is not installed")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "enfe_plot.py"
+    spec = importlib.util.spec_from_file_location("enfe_plot", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for n, mean, se, formula in mod.measure([16, 64, 256], 64, 400, "cpu"):
+        assert abs(mean - formula) < 5 * se + 1e-9, (n, mean, formula)
+    out = tmp_path / "enfe.png"
+    assert mod.main(["--out", str(out), "--sequences", "8", "--length", "64"]) == 0
+    assert out.stat().st_size > 1000 and "formula" in capsys.readouterr().out

@@ -127,6 +127,31 @@ void filter_row(const T* l, T* out, int64_t V, const Params& p, int shift, RowSc
   for (int64_t v = 0; v < V; ++v) out[v] = order_key(l[v]) >= tau ? l[v] / temp : ninf;
 }
 
+// Logits of a few rows: one pass over the weight, each weight row dotted with every hidden row
+// while it sits in L1. For the sampler's typical rounds (a handful of rows) this reads the weight
+// at memory speed; MKL's gemm with M <= 16 measured 2-4x slower here (16-23 ms against about 6 ms
+// for V = 50,257, H = 128 on 2 cores). Larger chunks go to at::addmm.
+constexpr int64_t kFewRows = 16;
+
+template <typename T>
+void few_rows_logits(const T* h, const T* w, const T* bias, int64_t rows, int64_t V, int64_t H, T* out) {
+  using Vec = at::vec::Vectorized<T>;
+  at::parallel_for(0, V, 256, [&](int64_t v0, int64_t v1) {
+    for (int64_t v = v0; v < v1; ++v) {
+      const T* wr = w + v * H;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* hr = h + r * H;
+        Vec acc(T(0));
+        int64_t k = 0;
+        for (; k + Vec::size() <= H; k += Vec::size()) acc = at::vec::fmadd(Vec::loadu(wr + k), Vec::loadu(hr + k), acc);
+        T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
+        for (; k < H; ++k) sum += wr[k] * hr[k];
+        out[r * V + v] = sum + (bias ? bias[v] : T(0));
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> sample_rows_cpu(const at::Tensor& hidden, const at::Tensor& weight,
                                                    const std::optional<at::Tensor>& bias, int64_t num_classes,
                                                    double temperature, int64_t top_k, double top_p, bool greedy,
@@ -150,7 +175,15 @@ std::tuple<at::Tensor, at::Tensor> sample_rows_cpu(const at::Tensor& hidden, con
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);
       const at::Tensor h = hidden.narrow(0, r0, rows);
-      const at::Tensor logits = has_bias ? at::addmm(bias->narrow(0, 0, V), h, w) : at::mm(h, w);
+      at::Tensor logits;
+      if (rows <= kFewRows) {
+        logits = at::empty({rows, V}, hidden.options());
+        few_rows_logits<scalar_t>(h.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                  has_bias ? bias->const_data_ptr<scalar_t>() : nullptr, rows, V, hidden.size(1),
+                                  logits.data_ptr<scalar_t>());
+      } else {
+        logits = has_bias ? at::addmm(bias->narrow(0, 0, V), h, w) : at::mm(h, w);
+      }
       const scalar_t* lg = logits.const_data_ptr<scalar_t>();
       at::parallel_for(0, rows, 1, [&](int64_t a, int64_t b) {
         RowScratch<scalar_t> s;
