@@ -108,7 +108,9 @@ def plan_reveals(x_init: torch.Tensor, mask_id: int, steps: int, *, seed: int = 
                  schedule: reference.LogLinearSchedule | None = None, delta: float = 1e-5,
                  impl: str = "auto") -> RevealPlan:
     """Draw the reveal schedule of every position of x_init equal to mask_id (Philox stream 0 of
-    `seed`) and copy the round sizes to the host: the sampler's one host synchronisation."""
+    `seed`) and copy the round sizes to the host: the sampler's one host synchronisation.
+
+    A plan is used by one run (run_cached or run_confidence write their tokens into plan.x)."""
     B, L = x_init.shape
     cdf = reference.reveal_step_cdf(steps, schedule, delta).to(x_init.device)
     step, num_events, perm, row_index, offsets = RF.reveal_schedule(
