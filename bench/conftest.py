@@ -7,8 +7,9 @@ Use the `bench` fixture instead of pytest-benchmark's `benchmark` directly:
               bytes=..., flops=...)
 
 It synchronises CUDA inside the timed call, records impl/device/dtype/shape and the achieved rate
-(GB/s from `bytes`, TFLOP/s from `flops`, tokens/s from `tokens`) in extra_info, and the session ends with a table of
-each group's speed-up over its "reference" entry, so one run shows the comparison side by side.
+(GB/s from `bytes`, TFLOP/s from `flops`, tokens/s from `tokens`) in extra_info, and the session
+ends with a table of each group's speed-up over its "reference" entry, so one run shows the
+comparison side by side. `rounds=N` times exactly N calls (for calls of seconds to minutes).
 CUDA cases are skipped (reported, with the reason) when no GPU is visible; select them alone with
 `-m cuda`.
 """

@@ -157,6 +157,8 @@ def test_reveal_schedule_opcheck(device):
 # --------------------------------------------------------------------------------- row sampling
 ROW_CASES = [  # (N, H, V, temperature, top_k, top_p, greedy, bias)
     (1, 4, 1, 1.0, 0, 1.0, False, True),
+    (16, 9, 77, 1.0, 0, 1.0, False, True),  # 16 rows: the CPU few-rows head; 17: at::addmm
+    (17, 9, 77, 1.0, 0, 1.0, False, False),
     (37, 16, 7, 1.0, 0, 1.0, False, True),
     (64, 8, 50, 0.7, 5, 1.0, False, False),
     (64, 8, 50, 1.3, 0, 0.7, False, True),
