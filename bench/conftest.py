@@ -10,7 +10,8 @@ It synchronises CUDA inside the timed call, records impl/device/dtype/shape and 
 (GB/s from `bytes`, TFLOP/s from `flops`, "<name>/s" for each entry of `per_s`) in extra_info, and
 the session ends with a table of each group's speed-up over its baseline entry -- the impl named
 "reference" unless the group's calls pass another (`baseline="sdpa"`) -- and its peak memory (the
-"peak_MB" extra, when given), so one run shows the comparison side by side.
+"peak_MB" extra, when given), so one run shows the comparison side by side. `rounds=N` times
+exactly N calls (for calls of seconds to minutes).
 CUDA cases are skipped (reported, with the reason) when no GPU is visible; select them alone with
 `-m cuda`.
 """
@@ -60,7 +61,8 @@ class Bench:
 
     def __call__(self, fn, *, group: str, impl: str, device: torch.device, dtype=None, shape=None,
                  bytes: float | None = None, flops: float | None = None, warmup: int = 1,
-                 baseline: str = "reference", per_s: dict[str, float] | None = None, **extra):
+                 baseline: str = "reference", per_s: dict[str, float] | None = None, rounds: int | None = None,
+                 **extra):
         sync = _sync(device)
         for _ in range(warmup):  # first-call costs (allocator, lazy init, compilation) stay out
             fn()
@@ -77,7 +79,7 @@ class Bench:
                             shape=str(tuple(shape)) if shape is not None else "", baseline=baseline, **extra)
         if device.type == "cuda":
             b.extra_info["gpu"] = torch.cuda.get_device_name(device)
-        result = b(timed)
+        result = b.pedantic(timed, rounds=rounds, iterations=1) if rounds else b(timed)
         stats = getattr(b, "stats", None)
         mean = stats.stats.mean if stats is not None else None
         if mean:

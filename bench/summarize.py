@@ -33,12 +33,13 @@ def main(argv: list[str]) -> int:
             bad = case.find("failure") if case.find("failure") is not None else case.find("error")
             if bad is not None:
                 print(f"  FAIL {case.get('classname')}::{case.get('name')}: {(bad.get('message') or '')[:150]}")
-    bj = out / "bench.json"
-    if bj.exists():
-        data = json.loads(bj.read_text())
-        groups: dict[str, list] = {}
-        for b in data["benchmarks"]:
-            groups.setdefault(b["group"], []).append(b)
+    groups: dict[str, list] = {}
+    for name in ("bench.json", "bench_sampler.json"):  # the sampler benchmarks run as their own stage
+        bj = out / name
+        if bj.exists():
+            for b in json.loads(bj.read_text())["benchmarks"]:
+                groups.setdefault(b["group"], []).append(b)
+    if groups:
         print(f"{'benchmark group':<44} {'impl':<10} {'mean ms':>9} {'rate':>16} {'vs base':>7} {'peak MB':>9}")
         for g, rows in groups.items():
             base = rows[0]["extra_info"].get("baseline", "reference")
@@ -50,6 +51,9 @@ def main(argv: list[str]) -> int:
                 sp = f"{ref / mean:.2f}x" if ref else "-"
                 peak = f"{e['peak_MB']:.0f}" if e.get("peak_MB") is not None else ""
                 print(f"{g[:44]:<44} {e.get('impl', '?'):<10} {mean * 1e3:>9.3f} {rate:>16} {sp:>7} {peak:>9}")
+                if "network_calls" in e:  # sampler runs: network calls and time outside the network
+                    print(f"{'':<44}   network calls {e['network_calls']}, sequence evaluations "
+                          f"{e.get('sequence_evaluations')}, outside the network {e.get('outside_network_pct', '?')}%")
     print("=" * 100)
     return 0
 

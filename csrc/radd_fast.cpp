@@ -27,4 +27,15 @@ TORCH_LIBRARY(radd_fast, m) {
   // only where output_mask says so (an empty tensor otherwise). Not differentiable itself.
   m.def("linear_dce_loss_grad(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, Tensor row_weight, "
         "int num_classes, bool[3] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Sampler (csrc/reveal_schedule, csrc/sample_rows). reveal_schedule draws every masked position's
+  // reveal step from step_cdf with Philox stream `offset` and returns
+  // (step, num_events, perm, row_index, round_offsets); see csrc/reveal_schedule/schedule.h.
+  m.def("reveal_schedule(Tensor masked, Tensor step_cdf, int seed, int offset) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Output layer for the given hidden rows only, then temperature / top-k / top-p and an exponential
+  // race with Philox noise: (tokens, log_prob); see csrc/sample_rows/sample_rows.h.
+  m.def("sample_rows(Tensor hidden, Tensor weight, Tensor? bias, int num_classes, float temperature, int top_k, "
+        "float top_p, bool greedy, int seed, int offset) -> (Tensor, Tensor)");
+  // The same filters alone: logits / temperature where kept, -inf elsewhere.
+  m.def("filter_logits(Tensor logits, float temperature, int top_k, float top_p) -> Tensor");
 }

@@ -234,3 +234,79 @@ def check_linear_dce_values(target: torch.Tensor, row_weight: torch.Tensor, num_
     if bad.numel():
         r = int(bad[0, 0])
         raise ValueError(f"radd_fast.{op}: 'row_weight' must be finite, got {float(row_weight[r])} at row {r}")
+
+# ------------------------------------------------------------------------------------------- sampler
+def _check_filter_args(temperature, top_k, top_p, op: str) -> None:
+    import math
+
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"radd_fast.{op}: 'temperature' must be a finite number > 0 (use greedy=True for argmax), got {temperature}"
+        )
+    if top_k < 0:
+        raise ValueError(f"radd_fast.{op}: 'top_k' must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"radd_fast.{op}: 'top_p' must be in (0, 1] (1 = off), got {top_p}")
+
+
+def check_reveal_schedule(masked, step_cdf, offset, op: str = "reveal_schedule") -> None:
+    for t, n in ((masked, "masked"), (step_cdf, "step_cdf")):
+        check_tensor(t, op, n)
+    check_dim(masked, 2, op, "masked", "(batch, length)")
+    check_dtype(masked, (torch.bool,), op, "masked")
+    check_contiguous(masked, op, "masked")
+    check_dim(step_cdf, 1, op, "step_cdf", "(steps,)")
+    check_dtype(step_cdf, (torch.float64,), op, "step_cdf")
+    check_contiguous(step_cdf, op, "step_cdf")
+    check_same_device(masked, step_cdf, op, "masked", "step_cdf")
+    n = step_cdf.shape[0]
+    if not 1 <= n <= 2**31 - 1:
+        raise ValueError(f"radd_fast.{op}: 'step_cdf' must have between 1 and 2^31 - 1 entries (one per step), got {n}")
+    B, L = masked.shape
+    if (min(n, L) + 1) * B * L >= 2**62:
+        raise ValueError(f"radd_fast.{op}: batch {B} x length {L} is too large for the schedule's int64 sort keys")
+    if offset < 0:
+        raise ValueError(f"radd_fast.{op}: 'offset' must be >= 0, got {offset}")
+
+
+def check_sample_rows(hidden, weight, bias, num_classes, temperature, top_k, top_p, offset,
+                      op: str = "sample_rows") -> None:
+    check_tensor(hidden, op, "hidden")
+    check_tensor(weight, op, "weight")
+    check_dim(hidden, 2, op, "hidden", "(rows, hidden_size)")
+    check_dim(weight, 2, op, "weight", "(classes, hidden_size)")
+    check_dtype(hidden, (torch.float32, torch.float64), op, "hidden")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"radd_fast.{op}: 'weight' must have the dtype of 'hidden' "
+                        f"({str(hidden.dtype).replace('torch.', '')}), got {str(weight.dtype).replace('torch.', '')}")
+    check_same_device(hidden, weight, op, "hidden", "weight")
+    check_contiguous(hidden, op, "hidden")
+    check_contiguous(weight, op, "weight")
+    if weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"radd_fast.{op}: 'weight' must have shape (classes, {hidden.shape[1]}) for hidden of shape "
+                         f"{list(hidden.shape)}, got {list(weight.shape)}")
+    if not 1 <= num_classes <= weight.shape[0]:
+        raise ValueError(f"radd_fast.{op}: 'num_classes' must be in [1, {weight.shape[0]}] (rows of 'weight'), "
+                         f"got {num_classes}")
+    if bias is not None:
+        check_tensor(bias, op, "bias")
+        check_dim(bias, 1, op, "bias", "(classes,)")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"radd_fast.{op}: 'bias' must have the dtype of 'hidden' "
+                            f"({str(hidden.dtype).replace('torch.', '')}), got {str(bias.dtype).replace('torch.', '')}")
+        check_same_device(hidden, bias, op, "hidden", "bias")
+        check_contiguous(bias, op, "bias")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"radd_fast.{op}: 'bias' must have shape ({weight.shape[0]},) to match 'weight', "
+                             f"got {list(bias.shape)}")
+    _check_filter_args(temperature, top_k, top_p, op)
+    if offset < 0:
+        raise ValueError(f"radd_fast.{op}: 'offset' must be >= 0, got {offset}")
+
+
+def check_filter_logits(logits, temperature, top_k, top_p, op: str = "filter_logits") -> None:
+    check_tensor(logits, op, "logits")
+    check_dim(logits, 2, op, "logits", "(rows, classes)")
+    check_dtype(logits, (torch.float32, torch.float64), op, "logits")
+    check_contiguous(logits, op, "logits")
+    _check_filter_args(temperature, top_k, top_p, op)

@@ -31,8 +31,9 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
 TRAINING_STATE = "training_state.pt"
-# SHA-256 of every other file of a folder we wrote. Neither safetensors nor torch's zip reader checks
+# SHA-256 of the binary files of a folder we wrote. Neither safetensors nor torch's zip reader checks
 # the bytes of tensor data, so without this a flipped byte loads as silently wrong weights.
+# (config.json is left out: it is meant to be readable and editable, and its parser checks it.)
 CHECKSUMS = "checksums.json"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 # Fault-injection hook for the crash tests: seconds to wait after a checkpoint's files are written and
@@ -99,7 +100,8 @@ def _sha256(path: Path) -> str:
 
 
 def write_checksums(folder: Path) -> None:
-    sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    sums = {p.name: _sha256(p) for p in sorted(folder.iterdir())
+            if p.is_file() and p.name not in (CHECKSUMS, CONFIG)}
     (folder / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n")
 
 
@@ -201,7 +203,7 @@ def load_pretrained(path: str | os.PathLike, *, device: str | torch.device = "cp
         raise ValueError(f"load_pretrained: 'weights' must be 'model' or 'ema', got {weights!r}")
     cfg = read_config(path)
     file = path / (WEIGHTS if weights == "model" else EMA_WEIGHTS)
-    verify_checksums(path, [CONFIG, file.name])
+    verify_checksums(path, [file.name])
     sd = read_weights(file)
     model = RADD(cfg, impl=impl)
     sd = check_state_dict(model, sd, file)
@@ -243,7 +245,7 @@ def load_training_checkpoint(folder: str | os.PathLike, model: RADD) -> tuple[di
     """Load weights into `model` and return (ema state dict or None, training state); raise
     CheckpointError/FileNotFoundError naming the file at fault."""
     folder = Path(folder)
-    verify_checksums(folder, [CONFIG, WEIGHTS, EMA_WEIGHTS, TRAINING_STATE])
+    verify_checksums(folder, [WEIGHTS, EMA_WEIGHTS, TRAINING_STATE])
     cfg = read_config(folder)
     if cfg != model.config:
         diff = {k: (v, getattr(model.config, k)) for k, v in cfg.to_dict().items() if getattr(model.config, k) != v}

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--method", choices=("cached", "confidence", "reference"), default="cached",
+                   help="cached: the device-side cache-aware sampler (default); confidence: reveal the most "
+                        "confident positions first (MaskGIT/LLaDA); reference: the step-by-step oracle")
+    s.add_argument("--greedy", action="store_true", help="argmax decoding of each revealed token")
     s.add_argument("--device", default="auto")
     s.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                    help="ema weights of a training checkpoint when present (auto), or the raw ones")
@@ -130,7 +134,8 @@ def _run(args) -> int:
         for i, text in enumerate(sample_text(
                 args.ckpt, steps=args.steps, num_samples=args.num_samples, length=args.length, prompt=args.prompt,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                device=args.device, weights=args.weights, tokenizer_path=args.tokenizer_path)):
+                device=args.device, weights=args.weights, tokenizer_path=args.tokenizer_path, method=args.method,
+                greedy=args.greedy)):
             print(f"--- sample {i}\n{text}")
         return 0
     if args.command == "eval":

@@ -251,3 +251,64 @@ def linear_dce_loss(
     if not needs_grad or hidden.dtype == torch.float16:
         return ops.linear_dce_loss(hidden, weight, bias, target, row_weight, num_classes).sum()
     return _LinearDCESum.apply(hidden, weight, bias, target, row_weight, num_classes)
+
+# ------------------------------------------------------------------------------------------- sampler
+def reveal_schedule(masked: torch.Tensor, step_cdf: torch.Tensor, seed: int = 0, offset: int = 0, *,
+                    impl: str = "auto"):
+    """Reveal steps of every masked position, drawn up front, and the sampler's round plan.
+
+    Args:
+        masked: (B, L) bool, True where a token is to be generated.
+        step_cdf: (steps,) float64, P(reveal step <= k) (reference.reveal_step_cdf).
+        seed, offset: Philox key and stream; the same (seed, offset) gives the same schedule on
+            every device and implementation.
+
+    Returns:
+        (step (B, L) int32, -1 where not masked; num_events (B,) int32; perm (B,) int64, sequences
+        by event count descending; row_index (B*L,) int64, masked positions of the perm-sorted
+        batch as i * L + l in round order, -1 after them; round_offsets (min(steps, L) + 1,) int64).
+        Round r reveals row_index[round_offsets[r]:round_offsets[r+1]] of the sequences perm[:A_r].
+    """
+    _checks.check_tensor(masked, "reveal_schedule", "masked")
+    seed = reference.seed64(seed)
+    if not use_fused("reveal_schedule", impl, masked.device):
+        _checks.check_reveal_schedule(masked, step_cdf, offset)
+        return reference.reveal_schedule(masked, step_cdf, seed, offset)
+    return ops.reveal_schedule(masked, step_cdf, seed, offset)
+
+
+def sample_rows(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                num_classes: int | None = None, *, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, greedy: bool = False, seed: int = 0, offset: int = 0,
+                impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token for each row of `hidden` from the output layer (weight, bias).
+
+    Logits = hidden @ weight[:V].T + bias[:V] are computed for these rows only (V = num_classes,
+    default weight rows - 1: the mask column is never a class), divided by `temperature`, filtered
+    by top-k then top-p (as reference.filter_logits) and sampled by an exponential race on Philox
+    noise keyed by (seed, offset, row): reproducible, no host synchronisation. `greedy` takes the
+    argmax instead. hidden, weight and bias: float32 or float64, same dtype.
+
+    Returns (tokens (N,) int64, log_prob (N,)): the log-probability of each token under the
+    filtered, tempered distribution.
+    """
+    _checks.check_tensor(hidden, "sample_rows", "hidden")
+    _checks.check_tensor(weight, "sample_rows", "weight")
+    V = weight.shape[0] - 1 if num_classes is None else num_classes
+    k, p, seed = top_k or 0, 1.0 if top_p is None else top_p, reference.seed64(seed)
+    if not use_fused("sample_rows", impl, hidden.device):
+        _checks.check_sample_rows(hidden, weight, bias, V, temperature, k, p, offset)
+        return reference.sample_rows(hidden, weight, bias, V, temperature, k, p, greedy, seed, offset)
+    return ops.sample_rows(hidden, weight, bias, V, temperature, k, p, greedy, seed, offset)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, *, impl: str = "auto") -> torch.Tensor:
+    """logits / temperature where top-k then top-p keep them, -inf elsewhere (rows of a 2-D tensor),
+    in the logits' dtype (float32 or float64); the sampler's filters, usable on their own."""
+    _checks.check_tensor(logits, "filter_logits", "logits")
+    k, p = top_k or 0, 1.0 if top_p is None else top_p
+    if not use_fused("filter_logits", impl, logits.device):
+        _checks.check_filter_logits(logits, temperature, k, p)
+        return reference.filter_logits(logits, temperature, k or None, p).to(logits.dtype)
+    return ops.filter_logits(logits, temperature, k, p)

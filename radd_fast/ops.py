@@ -166,3 +166,45 @@ def _register_linear_dce() -> None:
 
 if _extension.AVAILABLE:
     _register_linear_dce()
+
+# ------------------------------------------------------------------------------------------- sampler
+def reveal_schedule(masked: torch.Tensor, step_cdf: torch.Tensor, seed: int, offset: int):
+    """(step, num_events, perm, row_index, round_offsets) of csrc/reveal_schedule/schedule.h."""
+    return torch.ops.radd_fast.reveal_schedule.default(masked, step_cdf, seed, offset)
+
+
+def sample_rows(hidden, weight, bias, num_classes: int, temperature: float, top_k: int, top_p: float, greedy: bool,
+                seed: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, log_prob) of the rows of `hidden`; csrc/sample_rows/sample_rows.h."""
+    return torch.ops.radd_fast.sample_rows.default(hidden, weight, bias, num_classes, temperature, top_k, top_p,
+                                                   greedy, seed, offset)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    return torch.ops.radd_fast.filter_logits.default(logits, temperature, top_k, top_p)
+
+
+def _register_sampler() -> None:
+    @torch.library.register_fake("radd_fast::reveal_schedule")
+    def _reveal_schedule_fake(masked, step_cdf, seed, offset):
+        _checks.check_reveal_schedule(masked, step_cdf, offset)
+        B, L = masked.shape
+        rounds = torch.sym_min(step_cdf.shape[0], L)
+        i32, i64 = dict(dtype=torch.int32), dict(dtype=torch.int64)
+        return (masked.new_empty((B, L), **i32), masked.new_empty((B,), **i32), masked.new_empty((B,), **i64),
+                masked.new_empty((B * L,), **i64), masked.new_empty((rounds + 1,), **i64))
+
+    @torch.library.register_fake("radd_fast::sample_rows")
+    def _sample_rows_fake(hidden, weight, bias, num_classes, temperature, top_k, top_p, greedy, seed, offset):
+        _checks.check_sample_rows(hidden, weight, bias, num_classes, temperature, top_k, top_p, offset)
+        N = hidden.shape[0]
+        return hidden.new_empty((N,), dtype=torch.int64), hidden.new_empty((N,))
+
+    @torch.library.register_fake("radd_fast::filter_logits")
+    def _filter_logits_fake(logits, temperature, top_k, top_p):
+        _checks.check_filter_logits(logits, temperature, top_k, top_p)
+        return torch.empty_like(logits)
+
+
+if _extension.AVAILABLE:
+    _register_sampler()

@@ -427,3 +427,148 @@ def dce_exact_expectation(sums: torch.Tensor, kind: str, eps: float = 1e-3) -> t
         else:
             raise ValueError(f"unknown DCE kind {kind!r}")
     return sums @ coef.to(sums.device)
+
+
+# ------------------------------------------------------------------------- the device sampler's oracles
+# Pure-PyTorch copies of the sampler ops (csrc/reveal_schedule, csrc/sample_rows): the same Philox
+# stream layout, the same definitions, float64 arithmetic. The tests compare the kernels with these
+# exactly (integer outputs) or on the same noise (tokens).
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+PHILOX_EXTRA_BITS_STREAM = 1 << 63
+
+
+def _mulhilo32(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit words of the 64-bit product of the constant a and x (int64 holding uint32),
+    computed from 16-bit halves of a so that no intermediate leaves int64."""
+    p_hi, p_lo = x * (a >> 16), x * (a & 0xFFFF)  # each < 2^48
+    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _MASK32
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    return hi, lo
+
+
+def philox4x32(counter: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+    """Philox4x32-10 (Random123) of int64 counters (..., 4) holding uint32 words, under key (k0, k1)."""
+    c0, c1, c2, c3 = (counter[..., i] & _MASK32 for i in range(4))
+    k0, k1 = key[0] & _MASK32, key[1] & _MASK32
+    for r in range(10):
+        if r > 0:
+            k0, k1 = (k0 + _PHILOX_W[0]) & _MASK32, (k1 + _PHILOX_W[1]) & _MASK32
+        hi0, lo0 = _mulhilo32(_PHILOX_M[0], c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M[1], c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return torch.stack((c0, c1, c2, c3), dim=-1)
+
+
+def seed64(seed: int) -> int:
+    """A Python int as the int64 that carries its low 64 bits (the ops' `int seed`)."""
+    s = int(seed) % (1 << 64)
+    return s - (1 << 64) if s >= 1 << 63 else s
+
+
+def philox_block(seed: int, offset: int, subsequence: torch.Tensor) -> torch.Tensor:
+    """Words (N, 4) of blocks `subsequence` (int64, >= 0) of stream `offset` under `seed`: the stream
+    layout of csrc/common/philox.h (key = seed, counter = (subsequence lo, hi, offset lo, hi))."""
+    seed, offset = int(seed) % (1 << 64), int(offset) % (1 << 64)
+    sub = subsequence.to(torch.int64).reshape(-1)
+    ctr = torch.stack((sub & _MASK32, sub >> 32, torch.full_like(sub, offset & _MASK32),
+                       torch.full_like(sub, offset >> 32)), dim=-1)
+    return philox4x32(ctr, (seed & _MASK32, seed >> 32))
+
+
+def reveal_step_cdf(steps: int, schedule: LogLinearSchedule | None = None, delta: float = 1e-5) -> torch.Tensor:
+    """P(reveal step <= k), k < steps, of a position masked at t = 1, under sample_cached's process.
+
+    Step k (from t_k to t_{k+1}) reveals a still-masked token with probability r_k =
+    reveal_prob(t_k, t_{k+1}), the last step with probability 1, so P(step <= k) = 1 - prod_{j<=k}
+    (1 - r_j). For log-linear, 1 - r_j = t_{j+1} / t_j telescopes: P(step <= k) = 1 - t_{k+1}, i.e.
+    P(step = k) = t_k - t_{k+1} (k < steps - 1) and t_{steps-1} for the last step.
+    """
+    schedule = schedule or LogLinearSchedule()
+    grid = sampling_grid(steps, delta)
+    keep = torch.ones(steps, dtype=torch.float64)
+    if steps > 1:
+        keep[:-1] = 1 - schedule.reveal_prob(grid[:-2], grid[1:-1]).to(torch.float64)
+    keep[-1] = 0.0
+    return 1 - torch.cumprod(keep, 0)
+
+
+def reveal_schedule(masked: torch.Tensor, step_cdf: torch.Tensor, seed: int = 0, offset: int = 0):
+    """Oracle of radd_fast::reveal_schedule (csrc/reveal_schedule/schedule.h has the definitions):
+    (step, num_events, perm, row_index, round_offsets)."""
+    B, L = masked.shape
+    n = step_cdf.shape[0]
+    dev = masked.device
+    N = B * L
+    w = philox_block(seed, offset, torch.arange(N, device=dev))
+    u = ((w[:, 0] << 21) | (w[:, 1] >> 11)).to(torch.float64) * 2.0**-53
+    step = torch.searchsorted(step_cdf.to(dev), u, right=True).clamp(max=n - 1).view(B, L)
+    step = torch.where(masked, step, torch.full_like(step, -1))
+    event = torch.full((B, L), -1, dtype=torch.int64, device=dev)
+    num_events = torch.zeros(B, dtype=torch.int64, device=dev)
+    for b in range(B):
+        m = masked[b]
+        if m.any():
+            distinct, inverse = torch.unique(step[b][m], sorted=True, return_inverse=True)
+            event[b][m] = inverse
+            num_events[b] = distinct.numel()
+    perm = torch.sort(num_events, descending=True, stable=True).indices
+    rank = torch.empty_like(perm)
+    rank[perm] = torch.arange(B, device=dev)
+    pos = torch.arange(L, device=dev).expand(B, L)
+    key = (event * B + rank[:, None]) * L + pos
+    key = torch.sort(key[masked]).values
+    row_index = torch.full((N,), -1, dtype=torch.int64, device=dev)
+    row_index[: key.numel()] = key % max(N, 1)
+    R = min(n, L)
+    round_offsets = torch.searchsorted(key // max(N, 1), torch.arange(R + 1, device=dev))
+    return step.to(torch.int32), num_events.to(torch.int32), perm, row_index, round_offsets
+
+
+def race_uniforms(seed: int, offset: int, rows: int, V: int, device=None) -> torch.Tensor:
+    """(rows, V) float64 uniforms of the sample_rows race: token v of row r takes word v % 4 of
+    block r * ceil(V / 4) + v / 4 as its high 32 bits and the same word of the extra-bits stream as
+    its low 32 bits, u = (hi * 2^32 + (lo | 1)) * 2^-64 (one rounding, as the kernels' conversion)."""
+    G = (V + 3) // 4
+    sub = torch.arange(rows * G, device=device)
+    hi = philox_block(seed, offset, sub).view(rows, 4 * G)[:, :V]
+    lo = philox_block(seed, int(offset) | PHILOX_EXTRA_BITS_STREAM, sub).view(rows, 4 * G)[:, :V]
+    u = (hi.to(torch.float64) * 2.0**32 + (lo | 1).to(torch.float64)) * 2.0**-64
+    return u.clamp(max=1.0 - 2.0**-53)
+
+
+def sample_rows(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    num_classes: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+    offset: int = 0,
+    return_margin: bool = False,
+):
+    """Oracle of radd_fast::sample_rows: logits = hidden @ weight[:V].T + bias[:V] in float64,
+    filter_logits, then the exponential race argmax_v x_v - log(-log1p(-u_v)) on race_uniforms
+    (greedy: argmax of the logits). Returns (tokens, log_prob) with log_prob = log_softmax of the
+    filtered logits at the token, in the accumulation dtype of hidden; `return_margin` adds each
+    row's gap between its best and second-best race score (how robust the argmax is to rounding)."""
+    V = num_classes
+    logits = hidden.to(torch.float64) @ weight[:V].to(torch.float64).T
+    if bias is not None:
+        logits = logits + bias[:V].to(torch.float64)
+    x = filter_logits(logits, temperature, top_k or None, top_p if top_p < 1 else None)
+    if greedy:
+        score = logits
+    else:
+        score = x - torch.log(-torch.log1p(-race_uniforms(seed, offset, hidden.shape[0], V, hidden.device)))
+    tokens = score.argmax(-1)
+    log_prob = torch.log_softmax(x, -1).gather(1, tokens[:, None]).squeeze(1).to(accumulate_dtype(hidden.dtype))
+    if not return_margin:
+        return tokens, log_prob
+    top2 = score.topk(min(2, V), dim=-1).values
+    margin = top2[:, 0] - top2[:, -1] if V > 1 else torch.full_like(top2[:, 0], float("inf"))
+    return tokens, log_prob, margin

@@ -153,7 +153,16 @@ def test_damaged_and_mismatched_checkpoints(tmp_path):
     d = variant("truncated")
     b = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(b[: len(b) // 2])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: corrupted \(its SHA-256 differs"):
+        load_pretrained(d)
+    (d / "checksums.json").unlink()  # as in a reference-layout folder: the reader itself must notice
     with pytest.raises(CheckpointError, match="model.safetensors: unreadable or damaged"):
+        load_pretrained(d)
+    d = variant("flipped")
+    b = bytearray((d / "model.safetensors").read_bytes())
+    b[-5] ^= 0xFF  # a flipped byte inside the tensor data: only the checksum can tell
+    (d / "model.safetensors").write_bytes(bytes(b))
+    with pytest.raises(CheckpointError, match="corrupted"):
         load_pretrained(d)
     d = variant("vocab")
     conf = json.loads((d / "config.json").read_text())
