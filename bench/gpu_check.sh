@@ -27,6 +27,13 @@ export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOB
 if stage build 330 "$py" setup.py build_ext --inplace; then
   stage info 60 "$py" -m radd_fast.info
   stage tests 150 "$py" -m pytest tests -m cuda -q -rA -p no:cacheprovider --junitxml="$out/tests.xml"
+  # Out-of-bounds / misaligned accesses of the hand-written attention kernels (cp.async, ldmatrix,
+  # atomics) on a few small masked cases of each tensor-core and FMA kernel; skip with
+  # RADD_FAST_SANITIZE=0.
+  if command -v compute-sanitizer >/dev/null && [ "${RADD_FAST_SANITIZE:-1}" = 1 ]; then
+    stage sanitize 90 compute-sanitizer --tool memcheck --error-exitcode 3 "$py" -m pytest tests/test_attention.py \
+      -m cuda -q -p no:cacheprovider -k "small_shapes_all_dtypes and masked and (bfloat16 or float32)"
+  fi
   stage bench 150 "$py" -m pytest bench -m cuda -q -p no:cacheprovider --benchmark-json="$out/bench.json" \
     --benchmark-max-time=0.5 --benchmark-min-rounds=5
 else
