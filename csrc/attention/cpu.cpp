@@ -433,7 +433,11 @@ void backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor&
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = std::clamp<int64_t>((2 * threads + B * H - 1) / (B * H), 1, nkt);
   const int64_t per_chunk = (nkt + chunks - 1) / chunks;
-  std::vector<acc_t> dq_part(B * H * chunks * L * Dp);
+  // With one chunk per (b, h) and fp32/fp64 rows of whole vectors, dQ accumulates in place in the
+  // (zeroed) output; otherwise in fp32 (fp64) partial buffers that are summed afterwards.
+  const bool dq_in_place = chunks == 1 && direct;
+  std::vector<acc_t> dq_part(dq_in_place ? 0 : B * H * chunks * L * Dp);
+  if (dq_in_place) dq.zero_();
   scalar_t* dk_p = dk.data_ptr<scalar_t>();  // contiguous (B, L, H, D)
   scalar_t* dv_p = dv.data_ptr<scalar_t>();
 
@@ -443,8 +447,15 @@ void backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor&
     std::vector<int32_t> lev(kBK);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t chunk = task % chunks, bh = task / chunks, b = bh / H, h = bh % H;
-      acc_t* dqp = dq_part.data() + (bh * chunks + chunk) * L * Dp;
-      std::fill(dqp, dqp + L * Dp, acc_t(0));
+      acc_t* dqp;  // row i of this task's dQ accumulator at dqp + i * ldq_acc
+      int64_t ldq_acc = Dp;
+      if (dq_in_place) {
+        dqp = reinterpret_cast<acc_t*>(dq.data_ptr<scalar_t>()) + (b * L * H + h) * D;
+        ldq_acc = H * D;
+      } else {
+        dqp = dq_part.data() + (bh * chunks + chunk) * L * Dp;
+        std::fill(dqp, dqp + L * Dp, acc_t(0));
+      }
       const int64_t kt_end = std::min(nkt, (chunk + 1) * per_chunk);
       for (int64_t kti = chunk * per_chunk; kti < kt_end; ++kti) {
         const int64_t j0 = kti * kBK, bk = std::min(kBK, L - j0);
@@ -504,7 +515,7 @@ void backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor&
           gemm<acc_t>(bk, Dp, bq, s.data(), 1, kBK, dop, ldo, dv_acc.data(), Dp, true);
           gemm<acc_t>(bk, Dp, bq, ds.data(), 1, kBK, qp, ldq, dk_acc.data(), Dp, true);
           // dQ += dS K.
-          gemm<acc_t>(bq, Dp, bk, ds.data(), kBK, 1, kp, ldk, dqp + i0 * Dp, Dp, true);
+          gemm<acc_t>(bq, Dp, bk, ds.data(), kBK, 1, kp, ldk, dqp + i0 * ldq_acc, ldq_acc, true);
         }
         for (int64_t j = 0; j < bk; ++j) {
           const int64_t off = ((b * L + j0 + j) * H + h) * D;
@@ -515,6 +526,7 @@ void backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor&
     }
   });
 
+  if (dq_in_place) return;
   // dQ = sum over chunks.
   scalar_t* dq_p = dq.data_ptr<scalar_t>();
   at::parallel_for(0, B * H * L, 64, [&](int64_t r0, int64_t r1) {
