@@ -401,3 +401,7 @@ def test_cuda_rejects_unsupported_head_dim(device):
     q = torch.randn(1, 4, 2, 48, device=device)
     with pytest.raises(ValueError, match="head_dim .* must be 32, 64 or 128 on CUDA, got 48"):
         radd_fast.masked_attention(q, q, q, impl="fused")
+    with pytest.raises(ValueError, match="head_dim .* must be 32, 64 or 128 on CUDA, got 48"):
+        torch.ops.radd_fast.masked_attention_fwd(q, q, q, None, None, False, 1.0)
+    # impl="auto" falls back to the reference for such head dims
+    torch.testing.assert_close(radd_fast.masked_attention(q, q, q), R.masked_attention(q, q, q))
