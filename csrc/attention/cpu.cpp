@@ -309,7 +309,10 @@ void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
         vpack(direct ? 0 : kBK * Dp), m(kBQ), l(kBQ), alpha(kBQ), off(kBQ), colmax(kBQ);
     std::vector<int32_t> qlim(kBQ);
     for (int64_t task = t0; task < t1; ++task) {
-      const int64_t qt_i = task % nqt, bh = task / nqt, b = bh / H, h = bh % H;
+      // Query tiles in the order 0, n-1, 1, n-2, ...: under a causal-like mask late tiles cost
+      // more, and parallel_for hands each thread a contiguous range of tasks.
+      const int64_t z = task % nqt, qt_i = z % 2 == 0 ? z / 2 : nqt - 1 - z / 2;
+      const int64_t bh = task / nqt, b = bh / H, h = bh % H;
       const int64_t i0 = qt_i * kBQ, bq = std::min(kBQ, L - i0);
       // Q^T, scaled: column i is query i0 + i; padding columns and rows stay zero.
       std::fill(qt.begin(), qt.end(), acc_t(0));
@@ -439,7 +442,6 @@ void backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor&
   // thread has work; each task accumulates dQ into its own buffer (chunks x L x Dp per (b, h)).
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = std::clamp<int64_t>((2 * threads + B * H - 1) / (B * H), 1, nkt);
-  const int64_t per_chunk = (nkt + chunks - 1) / chunks;
   // With one chunk per (b, h) and fp32/fp64 rows of whole vectors, dQ accumulates in place in the
   // (zeroed) output; otherwise in fp32 (fp64) partial buffers that are summed afterwards.
   const bool dq_in_place = chunks == 1 && direct;
@@ -463,8 +465,8 @@ void backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor&
         dqp = dq_part.data() + (bh * chunks + chunk) * L * Dp;
         std::fill(dqp, dqp + L * Dp, acc_t(0));
       }
-      const int64_t kt_end = std::min(nkt, (chunk + 1) * per_chunk);
-      for (int64_t kti = chunk * per_chunk; kti < kt_end; ++kti) {
+      // Key tiles chunk, chunk + chunks, ...: interleaved, as early keys may cost more (causal).
+      for (int64_t kti = chunk; kti < nkt; kti += chunks) {
         const int64_t j0 = kti * kBK, bk = std::min(kBK, L - j0);
         // K^T (scaled) and V^T, key columns; padding columns / rows stay zero.
         std::fill(kt.begin(), kt.end(), acc_t(0));
