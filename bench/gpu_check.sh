@@ -2,7 +2,8 @@
 # One command for a GPU machine with torch installed and no network: build the extension for the
 # GPU, run the CUDA tests and the CUDA benchmarks, keep full logs, print a short table last.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: well inside 8 minutes on one H200 (build about 2-4 min with 16 cores).
+# Budget: well inside 8 minutes on one H200 (build about 2-4 min with 16 cores); the limits below
+# are caps, not expectations.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${RADD_FAST_GPU_RESULTS:-./gpu_results}
@@ -26,7 +27,7 @@ if command -v compute-sanitizer >/dev/null; then echo "compute-sanitizer: $(comm
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 if stage build 330 "$py" setup.py build_ext --inplace; then
   stage info 60 "$py" -m radd_fast.info
-  stage tests 150 "$py" -m pytest tests -m cuda -q -rA -p no:cacheprovider --junitxml="$out/tests.xml"
+  stage tests 200 "$py" -m pytest tests -m cuda -q -rA -p no:cacheprovider --junitxml="$out/tests.xml"
   # Out-of-bounds / misaligned accesses of the hand-written attention kernels (cp.async, ldmatrix,
   # atomics) on a few small masked cases of each tensor-core and FMA kernel; skip with
   # RADD_FAST_SANITIZE=0.

@@ -141,6 +141,8 @@ constexpr float kLn2 = 0.6931471805599453f;
 // and register i receives matrix i. Without .trans lane l gets (row l/4, cols 2(l%4), 2(l%4)+1) of
 // each matrix -- an A or B fragment piece of a row-major tile; with .trans it gets (rows 2(l%4),
 // 2(l%4)+1, col l/4) -- a B fragment of a matrix stored with k as its rows.
+// csrc/attention/fragment_model.py models these layouts in numpy and replays the index expressions
+// below for every warp; run it after changing any fragment indexing.
 template <typename T>
 struct MmaType;
 template <>
@@ -174,6 +176,11 @@ struct MmaType<__half> {
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -290,14 +297,23 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
     const int64_t k0 = kt * kMmaTile;
 
     // S = Q K^T for 16 rows x 64 keys: 8 n-tiles of 8 keys. B[k = d][n = key] = K[key][d], so
-    // b[0] is the pair K[key g][2t, 2t+1] of the k step: one 32-bit load.
+    // b[0] is the pair K[key g][2t, 2t+1] of the k step: the non-transposed ldmatrix piece of the
+    // 8 x 8 block (keys, d). One x4 covers n-tiles nt, nt + 1 of a k step: matrix i holds keys
+    // nt * 8 + 8 (i >> 1) .. + 7 and d columns 16 ks + 8 (i & 1) .. + 7.
     float s[8][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-      const T* kr = Kb + (nt * 8 + g) * LD + 2 * t4;
+    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+    {
+      const T* kr = Kb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
 #pragma unroll
-      for (int ks = 0; ks < KS; ++ks) M::mma(s[nt], qf[ks], lds32(kr + ks * 16), lds32(kr + ks * 16 + 8));
+      for (int nt = 0; nt < 8; nt += 2)
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          uint32_t bk[4];
+          ldmatrix_x4(bk, kr + nt * 8 * LD + ks * 16);
+          M::mma(s[nt], qf[ks], bk[0], bk[1]);
+          M::mma(s[nt + 1], qf[ks], bk[2], bk[3]);
+        }
     }
     // Scores in the base-2 domain; hidden keys -inf.
 #pragma unroll
@@ -445,8 +461,6 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
 #pragma unroll
     for (int e = 0; e < 4; ++e) dkacc[nd][e] = dvacc[nd][e] = 0.f;
 
-  const T* kr0 = Ks + (warp * 16 + g) * LD + 2 * t4;  // this warp's A fragments of K and V
-  const T* vr0 = Vs + (warp * 16 + g) * LD + 2 * t4;
   int buf = 0;
   while (qt < n_t) {
     const int64_t nxt = next_query_tile(mp, b, kt, qt + 1, n_t, kMmaTile);
@@ -476,6 +490,13 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
     // P^T = exp2(S^T scale log2e - lse log2e) (0 where hidden), dS^T = P^T (dP^T - delta) * scale,
     // each packed to bf16/fp16 at once: pp[kk] / dd[kk] are the A fragments of k step kk (queries
     // 16kk..16kk+15) of the products below, C fragments of n-tiles 2kk, 2kk+1 (see fwd).
+    // Fragment loads: A (this warp's K / V rows) by ldmatrix.x4 with matrix i = rows 8 (i & 1),
+    // columns 8 (i >> 1) of the 16 x 16 block -- a[0..3] in order; B (Q / dO rows = queries) as K
+    // in the forward: matrix i = queries nt * 8 + 8 (i >> 1), columns 8 (i & 1).
+    const T* ka_ptr = Ks + (warp * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+    const T* va_ptr = Vs + (warp * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+    const T* qb_ptr = Qb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
+    const T* ob_ptr = dOb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
     uint32_t pp[4][4], dd[4][4];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -486,17 +507,19 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
         for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
-        const uint32_t ka[4] = {lds32(kr0 + ks * 16), lds32(kr0 + 8 * LD + ks * 16), lds32(kr0 + ks * 16 + 8),
-                                lds32(kr0 + 8 * LD + ks * 16 + 8)};
-        const uint32_t va[4] = {lds32(vr0 + ks * 16), lds32(vr0 + 8 * LD + ks * 16), lds32(vr0 + ks * 16 + 8),
-                                lds32(vr0 + 8 * LD + ks * 16 + 8)};
+        uint32_t ka[4], va[4];
+        ldmatrix_x4(ka, ka_ptr + ks * 16);
+        ldmatrix_x4(va, va_ptr + ks * 16);
 #pragma unroll
-        for (int n = 0; n < 4; ++n) {
+        for (int n = 0; n < 4; n += 2) {
           const int nt = half * 4 + n;
-          const T* qr = Qb + (nt * 8 + g) * LD + ks * 16 + 2 * t4;
-          const T* dor = dOb + (nt * 8 + g) * LD + ks * 16 + 2 * t4;
-          M::mma(st[n], ka, lds32(qr), lds32(qr + 8));
-          M::mma(dpt[n], va, lds32(dor), lds32(dor + 8));
+          uint32_t bq[4], bo[4];
+          ldmatrix_x4(bq, qb_ptr + nt * 8 * LD + ks * 16);
+          ldmatrix_x4(bo, ob_ptr + nt * 8 * LD + ks * 16);
+          M::mma(st[n], ka, bq[0], bq[1]);
+          M::mma(st[n + 1], ka, bq[2], bq[3]);
+          M::mma(dpt[n], va, bo[0], bo[1]);
+          M::mma(dpt[n + 1], va, bo[2], bo[3]);
         }
       }
       // Element e of n-tile nt: key key[e / 2], query column nt * 8 + 2t + (e & 1).
