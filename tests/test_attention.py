@@ -66,7 +66,7 @@ def assert_no_key_rows_are_zero(out, pad, order, strict):
 
 
 # --------------------------------------------------------------------------------------- forward
-SMALL_SHAPES = [(1, 1, 1, 8), (2, 7, 3, 16), (3, 129, 2, 24), (1, 70, 1, 5)]  # B, L, heads, head_dim
+SMALL_SHAPES = [(1, 1, 1, 8), (2, 7, 3, 16), (2, 128, 1, 32), (3, 129, 2, 24), (1, 70, 1, 5)]  # B, L, heads, head_dim
 
 
 @pytest.mark.parametrize("shape", SMALL_SHAPES, ids=str)
