@@ -136,6 +136,21 @@ def test_default_and_custom_scale(device):
     torch.testing.assert_close(fused(q, k, v, scale=-2.5), R.masked_attention(q, k, v, scale=-2.5))
 
 
+def test_strided_and_misaligned_low_precision_views(device):
+    # bf16 q/k/v as views of a packed qkv (the CUDA kernels read them in place), and views whose
+    # rows do not start 16-byte aligned (the CUDA kernels copy those first): same results as
+    # contiguous copies.
+    B, L, H, D = 2, 70, 3, 32
+    packed = torch.randn(B, L, 3, H, D, device=device).to(torch.bfloat16)
+    order = make_order("prefix_lm", B, L, device)
+    views = packed.unbind(2)
+    wide = torch.randn(B, L, H, D + 8, device=device).to(torch.bfloat16)
+    shifted = (wide[..., 1:D + 1], wide[..., 3:D + 3], wide[..., 7:D + 7])  # element offsets 1, 3, 7
+    for q, k, v in (views, shifted):
+        expect = fused(q.contiguous(), k.contiguous(), v.contiguous(), order=order)
+        torch.testing.assert_close(fused(q, k, v, order=order), expect, rtol=0, atol=0)
+
+
 def test_strided_qkv_from_packed_tensor(device):
     # q, k, v as views of a fused qkv projection (B, L, 3, H, D): strided, no copy needed.
     B, L, H, D = 2, 77, 3, 32
