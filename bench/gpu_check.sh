@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One command for a GPU machine with torch installed and no network: build the extension for the
-# GPU, run the CUDA tests and the CUDA benchmarks, keep full logs, print a short table last.
+# GPU, run the CUDA tests (plus compute-sanitizer memcheck and racecheck on small cases) and the
+# CUDA benchmarks, keep full logs, print a short table last.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: stage limits add up to 9 minutes (build 240 s, info 30 s, tests 90 s, bench 60 s, sampler
-# bench 120 s), so the run ends inside the 15 minutes of a device session even when a stage hangs;
-# the sampler stage is last, so a slow GPU costs only its own figures. The sampler benchmarks time
-# each configuration once: the reference sampler at n = 4,096 is the long one.
+# Budget: the stage caps add up to 450 s (build 200, info 15, tests 100, memcheck 30, racecheck 25,
+# bench 50, sampler bench 30), so the whole run ends inside 8 minutes even when every stage hangs.
+# Results: at most 8 files (machine.txt, stages.tsv, tests.xml, bench.json, bench_sampler.json,
+# logs.tar.gz), the number a device session brings back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${RADD_FAST_GPU_RESULTS:-./gpu_results}
@@ -16,25 +17,39 @@ status() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$out/stages.tsv"; }
 stage() {  # stage NAME TIMEOUT_S CMD...
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
+  timeout --kill-after=5 "$limit" "$@" > "$out/$name.log" 2>&1
   local rc=$?
   status "$name" "$rc" "$(( $(date +%s) - t0 ))s"
-  echo "[gpu_check] $name: exit $rc in $(( $(date +%s) - t0 ))s (log: $out/$name.log)"
+  echo "[gpu_check] $name: exit $rc in $(( $(date +%s) - t0 ))s"
   return $rc
 }
 
 { date -u +%FT%TZ; git rev-parse --short HEAD 2>/dev/null || echo "no git"; nvidia-smi -L 2>&1; } > "$out/machine.txt"
-if command -v compute-sanitizer >/dev/null; then echo "compute-sanitizer: $(command -v compute-sanitizer)" >> "$out/machine.txt"; fi
+sanitizer=$(command -v compute-sanitizer || true)
+echo "compute-sanitizer: ${sanitizer:-not found}" >> "$out/machine.txt"
 
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-if stage build 240 "$py" setup.py build_ext --inplace; then
-  stage info 30 "$py" -m radd_fast.info
-  stage tests 90 "$py" -m pytest tests -m cuda -q -rA -p no:cacheprovider --junitxml="$out/tests.xml"
-  stage bench 60 "$py" -m pytest bench -m cuda -q -p no:cacheprovider --benchmark-json="$out/bench.json" \
-    --benchmark-max-time=0.5 --benchmark-min-rounds=5 --ignore=bench/test_sampler.py
-  stage sampler 120 "$py" -m pytest bench/test_sampler.py -m cuda -q -p no:cacheprovider \
+if stage build 200 "$py" setup.py build_ext --inplace; then
+  stage info 15 "$py" -m radd_fast.info
+  stage tests 100 "$py" -m pytest tests -m cuda -q -rA -p no:cacheprovider --junitxml="$out/tests.xml"
+  # Bad memory accesses and shared-memory races of the hand-written kernels (cp.async, ldmatrix,
+  # atomics) on a few small cases of each op; RADD_FAST_SANITIZE=0 skips them.
+  if [ -n "$sanitizer" ] && [ "${RADD_FAST_SANITIZE:-1}" = 1 ]; then
+    small="small_shapes_all_dtypes or test_gradcheck or test_reveal_schedule_matches_reference or test_sample_rows_matches_reference or test_inverse_roundtrip"
+    stage memcheck 30 "$sanitizer" --tool memcheck --error-exitcode 3 "$py" -m pytest tests -m cuda -q \
+      -p no:cacheprovider -x -k "$small"
+    stage racecheck 25 "$sanitizer" --tool racecheck --error-exitcode 3 "$py" -m pytest tests/test_attention.py \
+      -m cuda -q -p no:cacheprovider -x -k "small_shapes_all_dtypes and bfloat16"
+  else
+    status sanitizer skipped "compute-sanitizer not found or RADD_FAST_SANITIZE=0"
+  fi
+  stage bench 50 "$py" -m pytest bench -m cuda -q -p no:cacheprovider --benchmark-json="$out/bench.json" \
+    --benchmark-max-time=0.3 --benchmark-min-rounds=3 --ignore=bench/test_sampler.py
+  # Last, so a slow GPU costs only its own figures; each sampler configuration is timed once.
+  stage sampler 30 "$py" -m pytest bench/test_sampler.py -m cuda -q -p no:cacheprovider \
     --benchmark-json="$out/bench_sampler.json"
 else
   tail -40 "$out/build.log"
 fi
-"$py" bench/summarize.py "$out"
+"$py" bench/summarize.py "$out" | tee "$out/summary.txt"
+tar -czf "$out/logs.tar.gz" -C "$out" $(cd "$out" && ls *.log summary.txt 2>/dev/null) && rm -f "$out"/*.log

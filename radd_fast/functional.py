@@ -142,6 +142,11 @@ def masked_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
     scale = float(scale)
+    # "auto" falls back to the reference for head dims the CUDA kernels are not compiled for;
+    # "fused" raises the kernel's error instead.
+    unsupported = q.device.type == "cuda" and q.shape[-1] not in (32, 64, 128)
+    if unsupported and impl == "auto":
+        impl = "reference"
     if not use_fused("masked_attention_fwd", impl, q.device):
         _checks.check_masked_attention(q, k, v, key_padding_mask, order, scale, "masked_attention")
         return reference.masked_attention(q, k, v, key_padding_mask, order, strict, scale)

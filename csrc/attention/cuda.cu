@@ -1,0 +1,262 @@
+// CUDA entry points of radd_fast::masked_attention_fwd / _bwd: checks, mask preparation, launches
+// (kernels in kernels.cuh). Everything is enqueued on the current stream; nothing synchronises the
+// host. bf16/fp16 run on tensor cores, fp32/fp64 with FMAs; head_dim 32, 64 or 128.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "attention/kernels.cuh"
+
+namespace radd_fast::attention::cuda {
+namespace {
+
+constexpr const char* kFwd = "masked_attention";
+constexpr const char* kBwd = "masked_attention_bwd";
+
+void check_head_dim(const at::Tensor& q, const char* op) {
+  const int64_t D = q.size(3);
+  TORCH_CHECK_VALUE(D == 32 || D == 64 || D == 128, "radd_fast.", op,
+                    ": head_dim (last dim of 'q') must be 32, 64 or 128 on CUDA, got ", D);
+}
+
+// Calls f(std::integral_constant<int, D>) for the supported head dims.
+template <typename F>
+void with_head_dim(int64_t D, F&& f) {
+  switch (D) {
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: TORCH_CHECK(false, "radd_fast: unsupported head_dim ", D);  // check_head_dim ran first
+  }
+}
+
+// The mask tensors the kernels read, kept alive until the launches are enqueued (the caching
+// allocator keeps their memory for the stream afterwards).
+struct DeviceMask {
+  at::Tensor order, pad, stats;
+  MaskParams params;
+};
+
+DeviceMask prepare_mask(const c10::optional<at::Tensor>& key_padding_mask, const c10::optional<at::Tensor>& order,
+                        bool strict, int64_t B, int64_t L, int64_t tile, const at::Tensor& like, cudaStream_t stream) {
+  DeviceMask m;
+  m.params.L = L;
+  m.params.strict = strict;
+  m.params.n_tiles = (L + tile - 1) / tile;
+  if (order.has_value()) {
+    m.order = order->to(at::kLong).contiguous();  // int32 is widened: one kernel reads both
+    m.params.order = m.order.const_data_ptr<int64_t>();
+  }
+  if (key_padding_mask.has_value()) {
+    m.pad = key_padding_mask->contiguous();
+    m.params.pad = m.pad.const_data_ptr<bool>();
+  }
+  if (order.has_value() || key_padding_mask.has_value()) {
+    const int64_t count = B * m.params.n_tiles;
+    m.stats = at::empty({count * static_cast<int64_t>(sizeof(TileStats))}, like.options().dtype(at::kByte));
+    auto* stats = reinterpret_cast<TileStats*>(m.stats.data_ptr());
+    const int threads = 256;
+    const int64_t blocks = (count * 32 + threads - 1) / threads;
+    tile_stats_kernel<<<blocks, threads, 0, stream>>>(m.params, tile, stats, count);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    m.params.stats = stats;
+  }
+  return m;
+}
+
+// cp.async moves 16-byte chunks: rows must start 16-byte aligned. Views of a contiguous packed qkv
+// satisfy this for D in {32, 64, 128}; anything else is copied once.
+at::Tensor aligned16(const at::Tensor& t) {
+  bool ok = reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  for (int d = 0; d < 3; ++d) ok = ok && (t.size(d) <= 1 || t.stride(d) % 8 == 0);
+  return ok ? t : at::empty(t.sizes(), t.options()).copy_(t);
+}
+
+template <typename T>
+Rows<T> rows(const at::Tensor& t) {
+  return Rows<T>{reinterpret_cast<const T*>(t.const_data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+int64_t grid_size(int64_t n) {
+  TORCH_CHECK(n < (int64_t(1) << 31), "radd_fast.masked_attention: problem too large (", n, " thread blocks)");
+  return n;
+}
+
+template <typename K>
+void set_smem(K kernel, size_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// ---------------------------------------------------------------------------------- forward
+template <typename T>
+void fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp, double scale,
+             at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
+  const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
+  const int64_t grid = grid_size(B * H * ((L + kMmaTile - 1) / kMmaTile));
+  const at::Tensor qa = aligned16(q), ka = aligned16(k), va = aligned16(v);
+  with_head_dim(q.size(3), [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    auto kernel = fwd_mma_kernel<T, D>;
+    constexpr size_t smem = FwdMmaSmem<T, D>::kBytes;
+    set_smem(kernel, smem);
+    kernel<<<grid, kMmaThreads, smem, stream>>>(rows<T>(qa), rows<T>(ka), rows<T>(va),
+                                                reinterpret_cast<T*>(out.data_ptr()), lse.data_ptr<float>(), mp, H,
+                                                static_cast<float>(scale) * kLog2e);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <typename T>
+void fwd_fma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp, double scale,
+             at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
+  const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
+  const int64_t grid = grid_size(B * H * ((L + kFmaTile - 1) / kFmaTile));
+  with_head_dim(q.size(3), [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    auto kernel = fwd_fma_kernel<T, D>;
+    constexpr size_t smem = FwdFmaSmem<T, D>::kBytes;
+    set_smem(kernel, smem);
+    kernel<<<grid, fma_threads<D>(), smem, stream>>>(rows<T>(q), rows<T>(k), rows<T>(v), out.data_ptr<T>(),
+                                                     lse.data_ptr<T>(), mp, H, static_cast<T>(scale));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                            const c10::optional<at::Tensor>& key_padding_mask,
+                                            const c10::optional<at::Tensor>& order, bool strict, double scale) {
+  check_fwd_args(q, k, v, key_padding_mask, order, scale, kFwd);
+  check_device_type(q, c10::DeviceType::CUDA, kFwd, "q");
+  check_head_dim(q, kFwd);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  at::Tensor lse = at::empty({B, H, L}, q.options().dtype(acc_dtype(q.scalar_type())));
+  if (out.numel() == 0) return {out, lse};
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto dt = q.scalar_type();
+  const bool mma = dt == at::kBFloat16 || dt == at::kHalf;
+  const DeviceMask mk = prepare_mask(key_padding_mask, order, strict, B, L, mma ? kMmaTile : kFmaTile, q, stream);
+  switch (dt) {
+    case at::kBFloat16: fwd_mma<__nv_bfloat16>(q, k, v, mk.params, scale, out, lse, stream); break;
+    case at::kHalf: fwd_mma<__half>(q, k, v, mk.params, scale, out, lse, stream); break;
+    case at::kFloat: fwd_fma<float>(q, k, v, mk.params, scale, out, lse, stream); break;
+    case at::kDouble: fwd_fma<double>(q, k, v, mk.params, scale, out, lse, stream); break;
+    default: TORCH_CHECK(false, "unreachable");  // check_fwd_args checked the dtype
+  }
+  return {out, lse};
+}
+
+// --------------------------------------------------------------------------------- backward
+// delta = rowsum(dO * out) - dlse, in the accumulation type A.
+template <typename T, typename A>
+at::Tensor compute_delta(const at::Tensor& grad_out, const at::Tensor& out, const c10::optional<at::Tensor>& grad_lse,
+                         int64_t B, int64_t L, int64_t H, int64_t D, const at::Tensor& like_acc, cudaStream_t stream) {
+  at::Tensor delta = at::empty({B, H, L}, like_acc.options());
+  const at::Tensor out_c = out.contiguous();
+  at::Tensor glse;
+  if (grad_lse.has_value()) glse = grad_lse->contiguous();
+  const int64_t warps = B * L * H;
+  const int threads = 256;
+  delta_kernel<T, A><<<(warps * 32 + threads - 1) / threads, threads, 0, stream>>>(
+      rows<T>(grad_out), reinterpret_cast<const T*>(out_c.const_data_ptr()),
+      glse.defined() ? glse.const_data_ptr<A>() : nullptr, delta.data_ptr<A>(), B, L, H, D);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return delta;
+}
+
+template <typename T>
+void bwd_mma(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+             const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
+             const MaskParams& mp, double scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, cudaStream_t stream) {
+  const int64_t B = q.size(0), L = q.size(1), H = q.size(2), D = q.size(3);
+  const at::Tensor go = aligned16(grad_out), qa = aligned16(q), ka = aligned16(k), va = aligned16(v);
+  const at::Tensor lse_c = lse.contiguous();
+  const at::Tensor delta = compute_delta<T, float>(go, out, grad_lse, B, L, H, D, lse_c, stream);
+  at::Tensor dq_acc = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
+  const int64_t grid = grid_size(B * H * ((L + kMmaTile - 1) / kMmaTile));
+  with_head_dim(D, [&](auto d) {
+    constexpr int Dc = decltype(d)::value;
+    auto kernel = bwd_mma_kernel<T, Dc>;
+    constexpr size_t smem = BwdMmaSmem<T, Dc>::kBytes;
+    set_smem(kernel, smem);
+    kernel<<<grid, kMmaThreads, smem, stream>>>(rows<T>(qa), rows<T>(ka), rows<T>(va), rows<T>(go),
+                                                lse_c.const_data_ptr<float>(), delta.const_data_ptr<float>(),
+                                                reinterpret_cast<T*>(dk.data_ptr()), reinterpret_cast<T*>(dv.data_ptr()),
+                                                dq_acc.data_ptr<float>(), mp, H, static_cast<float>(scale),
+                                                static_cast<float>(scale) * kLog2e);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  dq.copy_(dq_acc);  // fp32 -> bf16/fp16 (dS was pre-scaled)
+}
+
+template <typename T>
+void bwd_fma(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+             const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
+             const MaskParams& mp, double scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, cudaStream_t stream) {
+  const int64_t B = q.size(0), L = q.size(1), H = q.size(2), D = q.size(3);
+  const at::Tensor lse_c = lse.contiguous();
+  const at::Tensor delta = compute_delta<T, T>(grad_out, out, grad_lse, B, L, H, D, lse_c, stream);
+  dq.zero_();  // accumulated by atomics
+  const int64_t grid = grid_size(B * H * ((L + kFmaTile - 1) / kFmaTile));
+  with_head_dim(D, [&](auto d) {
+    constexpr int Dc = decltype(d)::value;
+    auto kernel = bwd_fma_kernel<T, Dc>;
+    constexpr size_t smem = BwdFmaSmem<T, Dc>::kBytes;
+    set_smem(kernel, smem);
+    kernel<<<grid, fma_threads<Dc>(), smem, stream>>>(rows<T>(q), rows<T>(k), rows<T>(v), rows<T>(grad_out),
+                                                      lse_c.const_data_ptr<T>(), delta.const_data_ptr<T>(),
+                                                      dq.data_ptr<T>(), dk.data_ptr<T>(), dv.data_ptr<T>(), mp, H,
+                                                      static_cast<T>(scale));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(const at::Tensor& grad_out, const at::Tensor& q,
+                                                        const at::Tensor& k, const at::Tensor& v,
+                                                        const at::Tensor& out, const at::Tensor& lse,
+                                                        const c10::optional<at::Tensor>& grad_lse,
+                                                        const c10::optional<at::Tensor>& key_padding_mask,
+                                                        const c10::optional<at::Tensor>& order, bool strict,
+                                                        double scale) {
+  check_bwd_args(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, scale, kBwd);
+  check_device_type(q, c10::DeviceType::CUDA, kBwd, "q");
+  check_head_dim(q, kBwd);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t B = q.size(0), L = q.size(1);
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(q.sizes(), q.options());
+  at::Tensor dv = at::empty(q.sizes(), q.options());
+  if (q.numel() == 0) return {dq, dk, dv};
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto dt = q.scalar_type();
+  const bool mma = dt == at::kBFloat16 || dt == at::kHalf;
+  const DeviceMask mk = prepare_mask(key_padding_mask, order, strict, B, L, mma ? kMmaTile : kFmaTile, q, stream);
+  switch (dt) {
+    case at::kBFloat16:
+      bwd_mma<__nv_bfloat16>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, dq, dk, dv, stream);
+      break;
+    case at::kHalf: bwd_mma<__half>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, dq, dk, dv, stream); break;
+    case at::kFloat: bwd_fma<float>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, dq, dk, dv, stream); break;
+    case at::kDouble:
+      bwd_fma<double>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, dq, dk, dv, stream);
+      break;
+    default: TORCH_CHECK(false, "unreachable");
+  }
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(radd_fast, CUDA, m) {
+  m.impl("masked_attention_fwd", &fwd_cuda);
+  m.impl("masked_attention_bwd", &bwd_cuda);
+}
+
+}  // namespace radd_fast::attention::cuda

@@ -1,0 +1,850 @@
+// CUDA kernels of radd_fast::masked_attention_fwd / _bwd (host side: cuda.cu).
+//
+//   * bf16 / fp16: FlashAttention-2-style kernels on tensor cores (mma.sync m16n8k16, fp32
+//     accumulation, sm_80+), 64-query x 64-key tiles, 4 warps, K/V (forward) and Q/dO (backward)
+//     tiles streamed through shared memory with cp.async.
+//   * fp32 / fp64: the same tiling with plain FMAs (32 x 32 tiles), exact in the input precision.
+// Both skip every (query tile, key tile) pair that the order / padding mask hides entirely, using
+// per-tile summaries (tile_stats_kernel) and classify_tile from attention.h, and apply the mask
+// element by element only on partial tiles. The online softmax, the final normalisation and the
+// backward's dS are the RADD_HD functions of attention.h that the CPU kernel (and its tests) share.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cstdint>
+
+#include "attention/attention.h"
+
+namespace radd_fast::attention::cuda {
+
+// ------------------------------------------------------------------------------- mask on device
+// Summary of the positions [t * tile, (t + 1) * tile) of one sequence (see classify_tile).
+struct TileStats {
+  int64_t q_lo, q_hi;  // order range over all positions (the tile as a query tile)
+  int64_t k_lo, k_hi;  // order range over valid keys (not padding)
+  int64_t n_valid;     // valid keys in the tile
+};
+
+struct MaskParams {
+  const int64_t* order = nullptr;    // (B, L) or null: no order
+  const bool* pad = nullptr;         // (B, L) key_padding_mask or null
+  const TileStats* stats = nullptr;  // (B, n_tiles) or null: neither order nor padding
+  int64_t L = 0;
+  int64_t n_tiles = 0;
+  bool strict = false;
+};
+
+// One warp per (b, tile).
+__global__ void tile_stats_kernel(MaskParams mp, int64_t tile, TileStats* out, int64_t count) {
+  const int64_t w = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= count) return;
+  const int64_t b = w / mp.n_tiles, t = w % mp.n_tiles;
+  int64_t q_lo = INT64_MAX, q_hi = INT64_MIN, k_lo = INT64_MAX, k_hi = INT64_MIN, n = 0;
+  for (int64_t p = t * tile + lane; p < min(mp.L, (t + 1) * tile); p += 32) {
+    const int64_t o = mp.order ? mp.order[b * mp.L + p] : 0;
+    q_lo = min(q_lo, o), q_hi = max(q_hi, o);
+    if (!mp.pad || mp.pad[b * mp.L + p]) k_lo = min(k_lo, o), k_hi = max(k_hi, o), ++n;
+  }
+  for (int s = 16; s > 0; s /= 2) {
+    q_lo = min(q_lo, __shfl_xor_sync(0xffffffffu, q_lo, s));
+    q_hi = max(q_hi, __shfl_xor_sync(0xffffffffu, q_hi, s));
+    k_lo = min(k_lo, __shfl_xor_sync(0xffffffffu, k_lo, s));
+    k_hi = max(k_hi, __shfl_xor_sync(0xffffffffu, k_hi, s));
+    n += __shfl_xor_sync(0xffffffffu, n, s);
+  }
+  if (lane == 0) out[w] = TileStats{q_lo, q_hi, k_lo, k_hi, n};
+}
+
+// Visibility of the (query tile qt, key tile kt) pair of sequence b; both tiles have `tile` slots.
+__device__ __forceinline__ int tile_visibility(const MaskParams& mp, int64_t b, int64_t qt, int64_t kt, int64_t tile) {
+  if (mp.stats == nullptr) return (kt + 1) * tile <= mp.L ? kTileVisible : kTilePartial;
+  const TileStats& qs = mp.stats[b * mp.n_tiles + qt];
+  const TileStats& ks = mp.stats[b * mp.n_tiles + kt];
+  return classify_tile<int64_t>(qs.q_lo, qs.q_hi, ks.k_lo, ks.k_hi, ks.n_valid, tile, mp.order != nullptr, mp.strict);
+}
+
+// The first key tile >= kt that is not hidden from query tile qt (n_kt if none).
+__device__ __forceinline__ int64_t next_key_tile(const MaskParams& mp, int64_t b, int64_t qt, int64_t kt, int64_t n_kt,
+                                                 int64_t tile) {
+  while (kt < n_kt && tile_visibility(mp, b, qt, kt, tile) == kTileHidden) ++kt;
+  return kt;
+}
+// The first query tile >= qt that sees some key of key tile kt (n_qt if none).
+__device__ __forceinline__ int64_t next_query_tile(const MaskParams& mp, int64_t b, int64_t kt, int64_t qt,
+                                                   int64_t n_qt, int64_t tile) {
+  while (qt < n_qt && tile_visibility(mp, b, qt, kt, tile) == kTileHidden) ++qt;
+  return qt;
+}
+
+// Order of query `row` (0 without an order; only compared when there is one).
+__device__ __forceinline__ int64_t query_order(const MaskParams& mp, int64_t b, int64_t row) {
+  return (mp.order && row < mp.L) ? mp.order[b * mp.L + row] : 0;
+}
+
+// Per-element masking of a partial tile, with 32-bit local indices. Forward: the keys of a tile
+// against each thread's query rows. Backward: each thread's key rows against the queries of a tile.
+struct KeyTile {
+  const int64_t* order;  // order of the tile's first key, or null
+  const bool* pad;       // padding of the tile's first key, or null
+  int n;                 // keys of the tile inside the sequence
+  bool strict;
+  __device__ __forceinline__ KeyTile(const MaskParams& mp, int64_t b, int64_t k0, int tile)
+      : order(mp.order ? mp.order + b * mp.L + k0 : nullptr),
+        pad(mp.pad ? mp.pad + b * mp.L + k0 : nullptr),
+        n(static_cast<int>(min(static_cast<int64_t>(tile), mp.L - k0))),
+        strict(mp.strict) {}
+  // Whether key c of the tile is visible to a query of order oq.
+  __device__ __forceinline__ bool visible(int c, int64_t oq) const {
+    return c < n && (pad == nullptr || pad[c]) && (order == nullptr || order_allows(order[c], oq, strict));
+  }
+};
+struct QueryTile {
+  const int64_t* order;  // order of the tile's first query, or null
+  int n;                 // queries of the tile inside the sequence
+  bool strict;
+  __device__ __forceinline__ QueryTile(const MaskParams& mp, int64_t b, int64_t q0, int tile)
+      : order(mp.order ? mp.order + b * mp.L + q0 : nullptr),
+        n(static_cast<int>(min(static_cast<int64_t>(tile), mp.L - q0))),
+        strict(mp.strict) {}
+  // Whether query c of the tile sees a key that is valid (in range, not padding) and of order ok.
+  __device__ __forceinline__ bool sees(int c, bool key_valid, int64_t ok) const {
+    return key_valid && c < n && (order == nullptr || order_allows(ok, order[c], strict));
+  }
+};
+// Validity (in range, not padding) and order of one key, for QueryTile::sees.
+__device__ __forceinline__ bool key_valid(const MaskParams& mp, int64_t b, int64_t key) {
+  return key < mp.L && (mp.pad == nullptr || mp.pad[b * mp.L + key]);
+}
+
+// Strided (B, L, H, D) tensor with a contiguous last dim.
+template <typename T>
+struct Rows {
+  const T* p;
+  int64_t sb, sl, sh;
+  __device__ __forceinline__ const T* row(int64_t b, int64_t l, int64_t h) const { return p + b * sb + l * sl + h * sh; }
+};
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// ===================================================================== tensor-core (bf16 / fp16)
+// PTX wrappers. Fragment layouts of mma.m16n8k16 (.bf16/.f16 inputs, .f32 accumulators), with
+// g = lane / 4 ("groupID") and t = lane % 4 ("threadID_in_group"); each 32-bit register holds two
+// consecutive 16-bit elements, the lower column / row index in the low half:
+//   A (16 x 16, row major): a[0] = (row g,   cols 2t, 2t+1)   a[1] = (row g+8, cols 2t, 2t+1)
+//                           a[2] = (row g,   cols 2t+8, 2t+9) a[3] = (row g+8, cols 2t+8, 2t+9)
+//   B (16 x 8, "col"):      b[0] = (rows 2t, 2t+1,   col g)   b[1] = (rows 2t+8, 2t+9, col g)
+//   C (16 x 8, fp32):       c[0], c[1] = (row g, cols 2t, 2t+1); c[2], c[3] = (row g+8, same cols)
+// ldmatrix.x4 loads four 8 x 8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i,
+// and register i receives matrix i. Without .trans lane l gets (row l/4, cols 2(l%4), 2(l%4)+1) of
+// each matrix -- an A or B fragment piece of a row-major tile; with .trans it gets (rows 2(l%4),
+// 2(l%4)+1, col l/4) -- a B fragment of a matrix stored with k as its rows.
+// csrc/attention/fragment_model.py models these layouts in numpy and replays the index expressions
+// below for every warp; run it after changing any fragment indexing.
+template <typename T>
+struct MmaType;
+template <>
+struct MmaType<__nv_bfloat16> {
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct MmaType<__half> {
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+// 16-byte global -> shared copy; when !pred the 16 bytes are zero-filled and nothing is read.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(pred ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: 2 ulp, exp2(-inf) = +0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ uint32_t lds32(const void* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+constexpr int kMmaTile = 64;    // queries per CTA (forward) = keys per tile = tile of TileStats
+constexpr int kMmaWarps = 4;    // 16 rows each
+constexpr int kMmaThreads = kMmaWarps * 32;
+
+// Shared-memory row stride of a 64 x D tile, in elements: D + 8 pads each row by 16 bytes, so the
+// 8 rows that a fragment load or an ldmatrix touches start 4 banks apart (conflict-free), and every
+// row stays 16-byte aligned for cp.async and ldmatrix.
+template <int D>
+constexpr int smem_ld() {
+  return D + 8;
+}
+
+// Copies rows [row0, row0 + 64) of one head into a smem tile (zeros past L).
+template <typename T, int D>
+__device__ __forceinline__ void load_tile_async(T* smem, const Rows<T>& src, int64_t b, int64_t row0, int64_t h,
+                                                int64_t L) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int i = threadIdx.x; i < kMmaTile * kChunks; i += kMmaThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool ok = row0 + r < L;
+    const T* g = src.row(b, ok ? row0 + r : row0, h) + c * 8;
+    cp_async_16(smem + r * smem_ld<D>() + c * 8, g, ok);
+  }
+}
+
+// ---------------------------------------------------------------------------- forward (mma)
+template <typename T, int D>
+struct FwdMmaSmem {
+  static constexpr int kTileElems = kMmaTile * smem_ld<D>();
+  static constexpr size_t kBytes = sizeof(T) * 5 * kTileElems;  // Q, K x 2, V x 2
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, T* __restrict__ out,
+                                                               float* __restrict__ lse, MaskParams mp, int64_t H,
+                                                               float scale_log2) {
+  using M = MmaType<T>;
+  constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);
+  T* Ks = Qs + FwdMmaSmem<T, D>::kTileElems;  // two buffers
+  T* Vs = Ks + 2 * FwdMmaSmem<T, D>::kTileElems;
+
+  const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile;
+  const int64_t qt = blockIdx.x % n_t, bh = blockIdx.x / n_t, b = bh / H, h = bh % H;
+  const int64_t q0 = qt * kMmaTile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+
+  load_tile_async<T, D>(Qs, Q, b, q0, h, L);
+  cp_async_commit();
+  int64_t kt = next_key_tile(mp, b, qt, 0, n_t, kMmaTile);
+  if (kt < n_t) {
+    load_tile_async<T, D>(Ks, K, b, kt * kMmaTile, h, L);
+    load_tile_async<T, D>(Vs, V, b, kt * kMmaTile, h, L);
+  }
+  cp_async_commit();
+  cp_async_wait<1>();  // Q has landed
+  __syncthreads();
+
+  // This warp's 16 query rows as A fragments, for every 16-wide k step of D.
+  uint32_t qf[KS][4];
+  {
+    const T* r0 = Qs + (warp * 16 + g) * LD + 2 * t4;
+    const T* r1 = r0 + 8 * LD;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      qf[ks][0] = lds32(r0 + ks * 16);
+      qf[ks][1] = lds32(r1 + ks * 16);
+      qf[ks][2] = lds32(r0 + ks * 16 + 8);
+      qf[ks][3] = lds32(r1 + ks * 16 + 8);
+    }
+  }
+  const int64_t row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  const int64_t oq[2] = {query_order(mp, b, row[0]), query_order(mp, b, row[1])};
+  float m[2] = {neg_inf<float>(), neg_inf<float>()}, l[2] = {0.f, 0.f};
+  float o[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+
+  int buf = 0;
+  while (kt < n_t) {
+    const int64_t nxt = next_key_tile(mp, b, qt, kt + 1, n_t, kMmaTile);
+    if (nxt < n_t) {  // prefetch the next visible tile into the other buffer
+      load_tile_async<T, D>(Ks + (buf ^ 1) * FwdMmaSmem<T, D>::kTileElems, K, b, nxt * kMmaTile, h, L);
+      load_tile_async<T, D>(Vs + (buf ^ 1) * FwdMmaSmem<T, D>::kTileElems, V, b, nxt * kMmaTile, h, L);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // the current tile has landed
+    __syncthreads();
+    const T* Kb = Ks + buf * FwdMmaSmem<T, D>::kTileElems;
+    const T* Vb = Vs + buf * FwdMmaSmem<T, D>::kTileElems;
+    const int64_t k0 = kt * kMmaTile;
+
+    // S = Q K^T for 16 rows x 64 keys: 8 n-tiles of 8 keys. B[k = d][n = key] = K[key][d], so
+    // b[0] is the pair K[key g][2t, 2t+1] of the k step: the non-transposed ldmatrix piece of the
+    // 8 x 8 block (keys, d). One x4 covers n-tiles nt, nt + 1 of a k step: matrix i holds keys
+    // nt * 8 + 8 (i >> 1) .. + 7 and d columns 16 ks + 8 (i & 1) .. + 7.
+    float s[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+    {
+      const T* kr = Kb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
+#pragma unroll
+      for (int nt = 0; nt < 8; nt += 2)
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          uint32_t bk[4];
+          ldmatrix_x4(bk, kr + nt * 8 * LD + ks * 16);
+          M::mma(s[nt], qf[ks], bk[0], bk[1]);
+          M::mma(s[nt + 1], qf[ks], bk[2], bk[3]);
+        }
+    }
+    // Scores in the base-2 domain; hidden keys -inf.
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] *= scale_log2;
+    if (tile_visibility(mp, b, qt, kt, kMmaTile) == kTilePartial) {
+      const KeyTile keys(mp, b, k0, kMmaTile);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (!keys.visible(nt * 8 + 2 * t4 + (e & 1), oq[e / 2])) s[nt][e] = neg_inf<float>();
+    }
+    // Online softmax per row (r = 0: row g, r = 1: row g + 8); the 4 threads of a quad share a row.
+    float alpha[2], off[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = neg_inf<float>();
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      alpha[r] = online_softmax_rescale(m[r], mx, Exp2{});
+      off[r] = softmax_offset(m[r]);
+      l[r] *= alpha[r];  // per-thread partial sums; the quad's are added at the end
+    }
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) {
+      o[nd][0] *= alpha[0], o[nd][1] *= alpha[0];
+      o[nd][2] *= alpha[1], o[nd][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = fast_exp2(s[nt][e] - off[e / 2]);
+        l[e / 2] += s[nt][e];
+      }
+    // O += P V. P's C fragments of n-tiles 2kk, 2kk+1 are exactly the A fragment of k step kk
+    // (keys 16kk..16kk+15). V is stored [key][d]: B[k = key][n = d] comes from ldmatrix.trans;
+    // matrix i of the x4 covers keys 16kk + 8 (i & 1) .. + 7 and d columns 8 nd + 8 (i >> 1) .. + 7,
+    // giving the b[0], b[1] of n-tiles nd and nd + 1.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint32_t a[4] = {M::pack(s[2 * kk][0], s[2 * kk][1]), M::pack(s[2 * kk][2], s[2 * kk][3]),
+                             M::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), M::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const T* vrow = Vb + (kk * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+#pragma unroll
+      for (int nd = 0; nd < ND; nd += 2) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, vrow + nd * 8);
+        M::mma(o[nd], a, bv[0], bv[1]);
+        M::mma(o[nd + 1], a, bv[2], bv[3]);
+      }
+    }
+    __syncthreads();  // everyone is done with buffer `buf` before it is refilled
+    kt = nxt;
+    buf ^= 1;
+  }
+  cp_async_wait<0>();
+
+  // Normalise and write this thread's pieces of rows g and g + 8.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    float inv_l, row_lse;
+    softmax_finish(m[r], l[r], kLn2, inv_l, row_lse);
+    if (row[r] < L) {
+      T* orow = out + ((b * L + row[r]) * H + h) * D + 2 * t4;
+#pragma unroll
+      for (int nd = 0; nd < ND; ++nd)
+        *reinterpret_cast<uint32_t*>(orow + nd * 8) = M::pack(o[nd][2 * r] * inv_l, o[nd][2 * r + 1] * inv_l);
+      if (t4 == 0) lse[(b * H + h) * L + row[r]] = row_lse;
+    }
+  }
+}
+
+// --------------------------------------------------------------------------- backward (mma)
+// CTA = (b, h, key tile of 64); warp w owns keys 16w..16w+15 and accumulates their dK, dV in
+// registers over every visible query tile. dQ gets this tile's contribution through fp32 atomics.
+template <int D>
+constexpr int bwd_stages() {
+  return D >= 128 ? 1 : 2;  // D = 128: one Q/dO buffer keeps shared memory at 80 KiB (2 CTAs / SM)
+}
+template <typename T, int D>
+struct BwdMmaSmem {
+  static constexpr int kTileElems = kMmaTile * smem_ld<D>();
+  static constexpr int kDsLd = kMmaTile + 8;  // dS^T tile [key][query], padded like the others
+  static constexpr size_t kBytes =
+      sizeof(T) * ((2 + 2 * bwd_stages<D>()) * kTileElems + kMmaTile * kDsLd) + sizeof(float) * 2 * 2 * kMmaTile;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, Rows<T> dO,
+                                                               const float* __restrict__ lse,
+                                                               const float* __restrict__ delta, T* __restrict__ dk,
+                                                               T* __restrict__ dv, float* __restrict__ dq_acc,
+                                                               MaskParams mp, int64_t H, float scale,
+                                                               float scale_log2) {
+  using M = MmaType<T>;
+  using S = BwdMmaSmem<T, D>;
+  constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8, STAGES = bwd_stages<D>();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Ks = reinterpret_cast<T*>(smem_raw);
+  T* Vs = Ks + S::kTileElems;
+  T* Qs = Vs + S::kTileElems;             // STAGES buffers
+  T* dOs = Qs + STAGES * S::kTileElems;   // STAGES buffers
+  T* dSs = dOs + STAGES * S::kTileElems;  // [64 keys][kDsLd]
+  float* lse_s = reinterpret_cast<float*>(dSs + kMmaTile * S::kDsLd);  // [2][64], base-2 backward offsets
+  float* delta_s = lse_s + 2 * kMmaTile;                                // [2][64]
+
+  const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile;
+  const int64_t kt = blockIdx.x % n_t, bh = blockIdx.x / n_t, b = bh / H, h = bh % H;
+  const int64_t k0 = kt * kMmaTile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+
+  auto load_q_tile = [&](int64_t qt, int sbuf) {
+    const int64_t q0 = qt * kMmaTile;
+    load_tile_async<T, D>(Qs + sbuf * S::kTileElems, Q, b, q0, h, L);
+    load_tile_async<T, D>(dOs + sbuf * S::kTileElems, dO, b, q0, h, L);
+    for (int i = threadIdx.x; i < kMmaTile; i += kMmaThreads) {  // plain loads: tiny
+      const int64_t r = q0 + i;
+      const float x = r < L ? lse[(b * H + h) * L + r] : neg_inf<float>();
+      lse_s[sbuf * kMmaTile + i] = backward_offset(x) * kLog2e;  // +inf for rows without keys / past L
+      delta_s[sbuf * kMmaTile + i] = r < L ? delta[(b * H + h) * L + r] : 0.f;
+    }
+  };
+
+  load_tile_async<T, D>(Ks, K, b, k0, h, L);
+  load_tile_async<T, D>(Vs, V, b, k0, h, L);
+  int64_t qt = next_query_tile(mp, b, kt, 0, n_t, kMmaTile);
+  if constexpr (STAGES == 2) {
+    if (qt < n_t) load_q_tile(qt, 0);
+  }
+  cp_async_commit();
+
+  const int64_t key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+  const bool kvalid[2] = {key_valid(mp, b, key[0]), key_valid(mp, b, key[1])};
+  const int64_t kord[2] = {query_order(mp, b, key[0]), query_order(mp, b, key[1])};  // the keys' orders
+  float dkacc[ND][4], dvacc[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dkacc[nd][e] = dvacc[nd][e] = 0.f;
+
+  int buf = 0;
+  while (qt < n_t) {
+    const int64_t nxt = next_query_tile(mp, b, kt, qt + 1, n_t, kMmaTile);
+    if constexpr (STAGES == 2) {
+      __syncthreads();  // the other buffer (tile before last) and dS are free
+      if (nxt < n_t) load_q_tile(nxt, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      __syncthreads();
+      load_q_tile(qt, 0);
+      cp_async_commit();
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* Qb = Qs + buf * S::kTileElems;
+    const T* dOb = dOs + buf * S::kTileElems;
+    const float* lse_b = lse_s + buf * kMmaTile;
+    const float* delta_b = delta_s + buf * kMmaTile;
+    const int64_t q0 = qt * kMmaTile;
+    const bool partial = tile_visibility(mp, b, qt, kt, kMmaTile) == kTilePartial;
+    const QueryTile queries(mp, b, q0, kMmaTile);
+
+    // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 64 queries, in two halves of 32
+    // queries so that only one half's fp32 scores are live at a time (register pressure). B[k = d]
+    // [n = query] = Q[query][d]: b[0] is the pair Q[query g][2t, 2t+1] of the k step.
+    // P^T = exp2(S^T scale log2e - lse log2e) (0 where hidden), dS^T = P^T (dP^T - delta) * scale,
+    // each packed to bf16/fp16 at once: pp[kk] / dd[kk] are the A fragments of k step kk (queries
+    // 16kk..16kk+15) of the products below, C fragments of n-tiles 2kk, 2kk+1 (see fwd).
+    // Fragment loads: A (this warp's K / V rows) by ldmatrix.x4 with matrix i = rows 8 (i & 1),
+    // columns 8 (i >> 1) of the 16 x 16 block -- a[0..3] in order; B (Q / dO rows = queries) as K
+    // in the forward: matrix i = queries nt * 8 + 8 (i >> 1), columns 8 (i & 1).
+    const T* ka_ptr = Ks + (warp * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+    const T* va_ptr = Vs + (warp * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+    const T* qb_ptr = Qb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
+    const T* ob_ptr = dOb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
+    uint32_t pp[4][4], dd[4][4];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float st[4][4], dpt[4][4];
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t ka[4], va[4];
+        ldmatrix_x4(ka, ka_ptr + ks * 16);
+        ldmatrix_x4(va, va_ptr + ks * 16);
+#pragma unroll
+        for (int n = 0; n < 4; n += 2) {
+          const int nt = half * 4 + n;
+          uint32_t bq[4], bo[4];
+          ldmatrix_x4(bq, qb_ptr + nt * 8 * LD + ks * 16);
+          ldmatrix_x4(bo, ob_ptr + nt * 8 * LD + ks * 16);
+          M::mma(st[n], ka, bq[0], bq[1]);
+          M::mma(st[n + 1], ka, bq[2], bq[3]);
+          M::mma(dpt[n], va, bo[0], bo[1]);
+          M::mma(dpt[n + 1], va, bo[2], bo[3]);
+        }
+      }
+      // Element e of n-tile nt: key key[e / 2], query column nt * 8 + 2t + (e & 1).
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        const int nt = half * 4 + n;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = nt * 8 + 2 * t4 + (e & 1);
+          float p = fast_exp2(st[n][e] * scale_log2 - lse_b[c]);
+          if (partial && !queries.sees(c, kvalid[e / 2], kord[e / 2])) p = 0.f;
+          st[n][e] = p;
+          dpt[n][e] = softmax_grad(p, dpt[n][e], delta_b[c]) * scale;
+        }
+        pp[nt / 2][(nt & 1) * 2] = M::pack(st[n][0], st[n][1]);
+        pp[nt / 2][(nt & 1) * 2 + 1] = M::pack(st[n][2], st[n][3]);
+        dd[nt / 2][(nt & 1) * 2] = M::pack(dpt[n][0], dpt[n][1]);
+        dd[nt / 2][(nt & 1) * 2 + 1] = M::pack(dpt[n][2], dpt[n][3]);
+      }
+    }
+    // dS^T to shared memory for the dQ product below: rows g and g + 8 of n-tile nt are
+    // dd[nt / 2][(nt & 1) * 2] and dd[nt / 2][(nt & 1) * 2 + 1].
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      T* d0 = dSs + (warp * 16 + g) * S::kDsLd + nt * 8 + 2 * t4;
+      *reinterpret_cast<uint32_t*>(d0) = dd[nt / 2][(nt & 1) * 2];
+      *reinterpret_cast<uint32_t*>(d0 + 8 * S::kDsLd) = dd[nt / 2][(nt & 1) * 2 + 1];
+    }
+    // dV += P^T dO and dK += dS^T Q: B[k = query][n = d] from ldmatrix.trans of the row-major
+    // dO / Q tiles (as V in the forward).
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const int r = kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, c = (lane / 16) * 8;
+#pragma unroll
+      for (int nd = 0; nd < ND; nd += 2) {
+        uint32_t bo[4], bq[4];
+        ldmatrix_x4_trans(bo, dOb + r * LD + c + nd * 8);
+        ldmatrix_x4_trans(bq, Qb + r * LD + c + nd * 8);
+        M::mma(dvacc[nd], pp[kk], bo[0], bo[1]);
+        M::mma(dvacc[nd + 1], pp[kk], bo[2], bo[3]);
+        M::mma(dkacc[nd], dd[kk], bq[0], bq[1]);
+        M::mma(dkacc[nd + 1], dd[kk], bq[2], bq[3]);
+      }
+    }
+    __syncthreads();  // all of dS^T is written
+    // dQ (64 queries x D) += dS K: warp w takes queries 16w..16w+15. A[m = query][k = key] =
+    // dS^T[key][query]: ldmatrix.trans of the 8 x 8 blocks (keys 16kk + 8 (i >> 1), queries
+    // 16w + 8 (i & 1)) gives a[0..3]. B[k = key][n = d] = K[key][d]: ldmatrix.trans as for V above.
+    // Done in column chunks of 64 to bound the live accumulators.
+    {
+      constexpr int kChunk = ND < 8 ? ND : 8;
+      const int64_t qrow[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+#pragma unroll
+      for (int n0 = 0; n0 < ND; n0 += kChunk) {
+        float dq[kChunk][4];
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          uint32_t a[4];
+          ldmatrix_x4_trans(a, dSs + (kk * 16 + (lane / 16) * 8 + lane % 8) * S::kDsLd + warp * 16 + ((lane / 8) & 1) * 8);
+          const T* krow = Ks + (kk * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+#pragma unroll
+          for (int i = 0; i < kChunk; i += 2) {
+            uint32_t bk[4];
+            ldmatrix_x4_trans(bk, krow + (n0 + i) * 8);
+            M::mma(dq[i], a, bk[0], bk[1]);
+            M::mma(dq[i + 1], a, bk[2], bk[3]);
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if (qrow[r] >= L) continue;
+          float* dst = dq_acc + ((b * L + qrow[r]) * H + h) * D + 2 * t4;
+#pragma unroll
+          for (int i = 0; i < kChunk; ++i) {
+            atomicAdd(dst + (n0 + i) * 8, dq[i][2 * r]);
+            atomicAdd(dst + (n0 + i) * 8 + 1, dq[i][2 * r + 1]);
+          }
+        }
+      }
+    }
+    qt = nxt;
+    if constexpr (STAGES == 2) buf ^= 1;
+  }
+  cp_async_wait<0>();
+  // dK (dS was pre-scaled) and dV of this warp's keys.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key[r] >= L) continue;
+    const int64_t o = ((b * L + key[r]) * H + h) * D + 2 * t4;
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) {
+      *reinterpret_cast<uint32_t*>(dk + o + nd * 8) = M::pack(dkacc[nd][2 * r], dkacc[nd][2 * r + 1]);
+      *reinterpret_cast<uint32_t*>(dv + o + nd * 8) = M::pack(dvacc[nd][2 * r], dvacc[nd][2 * r + 1]);
+    }
+  }
+}
+
+// ===================================================================== plain FMA (fp32 / fp64)
+// 32 x 32 tiles; TPR = D / 16 threads share a row, each owning 16 of its D columns (d = sub +
+// TPR j) and 32 / TPR of the tile's keys (c = sub + TPR m) -- so the row reductions are shuffles
+// within TPR adjacent lanes. Shared-memory rows are padded by one element (odd stride: the rows a
+// warp reads at once fall in different banks).
+constexpr int kFmaTile = 32;
+template <int D>
+constexpr int fma_tpr() {
+  return D / 16;
+}
+template <int D>
+constexpr int fma_threads() {
+  return kFmaTile * fma_tpr<D>();
+}
+
+// Shared memory (dynamic: up to 149 KiB for fp64, D = 128).
+template <typename T, int D>
+struct FwdFmaSmem {
+  static constexpr size_t kBytes = sizeof(T) * (3 * kFmaTile * (D + 1) + kFmaTile * (kFmaTile + 1));
+};
+template <typename T, int D>
+struct BwdFmaSmem {
+  static constexpr size_t kBytes = sizeof(T) * (4 * kFmaTile * (D + 1) + 2 * kFmaTile * (kFmaTile + 1) + 2 * kFmaTile);
+};
+
+template <typename T, int D>
+__device__ __forceinline__ void load_tile_fma(T* smem, const Rows<T>& src, int64_t b, int64_t row0, int64_t h,
+                                              int64_t L) {
+  for (int i = threadIdx.x; i < kFmaTile * D; i += fma_threads<D>()) {
+    const int r = i / D, c = i % D;
+    smem[r * (D + 1) + c] = row0 + r < L ? src.row(b, row0 + r, h)[c] : T(0);
+  }
+}
+
+template <int TPR, typename T>
+__device__ __forceinline__ T group_max(T x) {
+#pragma unroll
+  for (int s = 1; s < TPR; s *= 2) x = fmax(x, __shfl_xor_sync(0xffffffffu, x, s));
+  return x;
+}
+template <int TPR, typename T>
+__device__ __forceinline__ T group_sum(T x) {
+#pragma unroll
+  for (int s = 1; s < TPR; s *= 2) x += __shfl_xor_sync(0xffffffffu, x, s);
+  return x;
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(fma_threads<D>()) fwd_fma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, T* __restrict__ out,
+                                                                    T* __restrict__ lse, MaskParams mp, int64_t H,
+                                                                    T scale) {
+  constexpr int TPR = fma_tpr<D>(), NK = kFmaTile / TPR, ND = D / TPR, LD = D + 1;
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // FwdFmaSmem<T, D>::kBytes
+  T* Qs = reinterpret_cast<T*>(smem_raw);
+  T* Ks = Qs + kFmaTile * LD;
+  T* Vs = Ks + kFmaTile * LD;
+  T* Ps = Vs + kFmaTile * LD;  // [32][33]
+  const int64_t L = mp.L, n_t = (L + kFmaTile - 1) / kFmaTile;
+  const int64_t qt = blockIdx.x % n_t, bh = blockIdx.x / n_t, b = bh / H, h = bh % H;
+  const int r = threadIdx.x / TPR, sub = threadIdx.x % TPR;
+  const int64_t row = qt * kFmaTile + r, oq = query_order(mp, b, row);
+  load_tile_fma<T, D>(Qs, Q, b, qt * kFmaTile, h, L);
+  T m = neg_inf<T>(), l = 0, o[ND];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) o[j] = 0;
+  for (int64_t kt = next_key_tile(mp, b, qt, 0, n_t, kFmaTile); kt < n_t;
+       kt = next_key_tile(mp, b, qt, kt + 1, n_t, kFmaTile)) {
+    __syncthreads();  // previous tile fully used (and Q loaded, first time)
+    load_tile_fma<T, D>(Ks, K, b, kt * kFmaTile, h, L);
+    load_tile_fma<T, D>(Vs, V, b, kt * kFmaTile, h, L);
+    __syncthreads();
+    const bool partial = tile_visibility(mp, b, qt, kt, kFmaTile) == kTilePartial;
+    const KeyTile keys(mp, b, kt * kFmaTile, kFmaTile);
+    T s[NK], mx = neg_inf<T>();
+#pragma unroll
+    for (int i = 0; i < NK; ++i) {
+      const int c = sub + TPR * i;
+      T acc = 0;
+#pragma unroll 16
+      for (int d = 0; d < D; ++d) acc = fma(Qs[r * LD + d], Ks[c * LD + d], acc);
+      s[i] = acc * scale;
+      if (partial && !keys.visible(c, oq)) s[i] = neg_inf<T>();
+      mx = fmax(mx, s[i]);
+    }
+    mx = group_max<TPR>(mx);
+    const T alpha = online_softmax_rescale(m, mx, ExpE{});
+    const T off = softmax_offset(m);
+    T psum = 0;
+#pragma unroll
+    for (int i = 0; i < NK; ++i) {
+      const T p = exp_e(s[i] - off);
+      Ps[r * (kFmaTile + 1) + sub + TPR * i] = p;
+      psum += p;
+    }
+    l = l * alpha + group_sum<TPR>(psum);
+    __syncwarp();  // a row's P is written by its own TPR lanes, which share a warp
+#pragma unroll
+    for (int j = 0; j < ND; ++j) o[j] *= alpha;
+    for (int c = 0; c < kFmaTile; ++c) {
+      const T p = Ps[r * (kFmaTile + 1) + c];
+#pragma unroll
+      for (int j = 0; j < ND; ++j) o[j] = fma(p, Vs[c * LD + sub + TPR * j], o[j]);
+    }
+  }
+  T inv_l, row_lse;
+  softmax_finish(m, l, T(1), inv_l, row_lse);
+  if (row < L) {
+    T* orow = out + ((b * L + row) * H + h) * D;
+#pragma unroll
+    for (int j = 0; j < ND; ++j) orow[sub + TPR * j] = o[j] * inv_l;
+    if (sub == 0) lse[(b * H + h) * L + row] = row_lse;
+  }
+}
+
+// Backward, CTA = (b, h, key tile of 32); dQ through atomics into dq (fp32/fp64, zero-initialised).
+template <typename T, int D>
+__global__ void __launch_bounds__(fma_threads<D>()) bwd_fma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, Rows<T> dO,
+                                                                    const T* __restrict__ lse,
+                                                                    const T* __restrict__ delta, T* __restrict__ dq,
+                                                                    T* __restrict__ dk, T* __restrict__ dv,
+                                                                    MaskParams mp, int64_t H, T scale) {
+  constexpr int TPR = fma_tpr<D>(), NQ = kFmaTile / TPR, ND = D / TPR, LD = D + 1, PLD = kFmaTile + 1;
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // BwdFmaSmem<T, D>::kBytes
+  T* Ks = reinterpret_cast<T*>(smem_raw);
+  T* Vs = Ks + kFmaTile * LD;
+  T* Qs = Vs + kFmaTile * LD;
+  T* dOs = Qs + kFmaTile * LD;
+  T* Ps = dOs + kFmaTile * LD;   // P^T [key][query]
+  T* dSs = Ps + kFmaTile * PLD;  // dS^T [key][query]
+  T* off_s = dSs + kFmaTile * PLD;
+  T* delta_s = off_s + kFmaTile;
+  const int64_t L = mp.L, n_t = (L + kFmaTile - 1) / kFmaTile;
+  const int64_t kt = blockIdx.x % n_t, bh = blockIdx.x / n_t, b = bh / H, h = bh % H;
+  const int r = threadIdx.x / TPR, sub = threadIdx.x % TPR;  // r: key row (S^T phase), query row (dQ)
+  const int64_t key = kt * kFmaTile + r;
+  const bool kvalid = key_valid(mp, b, key);
+  const int64_t kord = query_order(mp, b, key);  // the key's order
+  load_tile_fma<T, D>(Ks, K, b, kt * kFmaTile, h, L);
+  load_tile_fma<T, D>(Vs, V, b, kt * kFmaTile, h, L);
+  T dkacc[ND], dvacc[ND];
+#pragma unroll
+  for (int j = 0; j < ND; ++j) dkacc[j] = dvacc[j] = 0;
+  for (int64_t qt = next_query_tile(mp, b, kt, 0, n_t, kFmaTile); qt < n_t;
+       qt = next_query_tile(mp, b, kt, qt + 1, n_t, kFmaTile)) {
+    const int64_t q0 = qt * kFmaTile;
+    __syncthreads();
+    load_tile_fma<T, D>(Qs, Q, b, q0, h, L);
+    load_tile_fma<T, D>(dOs, dO, b, q0, h, L);
+    for (int i = threadIdx.x; i < kFmaTile; i += fma_threads<D>()) {
+      off_s[i] = backward_offset(q0 + i < L ? lse[(b * H + h) * L + q0 + i] : neg_inf<T>());
+      delta_s[i] = q0 + i < L ? delta[(b * H + h) * L + q0 + i] : T(0);
+    }
+    __syncthreads();
+    const bool partial = tile_visibility(mp, b, qt, kt, kFmaTile) == kTilePartial;
+    const QueryTile queries(mp, b, q0, kFmaTile);
+#pragma unroll
+    for (int i = 0; i < NQ; ++i) {
+      const int c = sub + TPR * i;
+      T s = 0, dp = 0;
+#pragma unroll 16
+      for (int d = 0; d < D; ++d) {
+        s = fma(Ks[r * LD + d], Qs[c * LD + d], s);
+        dp = fma(Vs[r * LD + d], dOs[c * LD + d], dp);
+      }
+      T p = exp_e(s * scale - off_s[c]);
+      if (partial && !queries.sees(c, kvalid, kord)) p = 0;
+      Ps[r * PLD + c] = p;
+      dSs[r * PLD + c] = softmax_grad(p, dp, delta_s[c]) * scale;
+    }
+    __syncthreads();
+    // dV, dK of key row r; then dQ of query row r (same thread layout, rows reinterpreted).
+    for (int c = 0; c < kFmaTile; ++c) {
+      const T p = Ps[r * PLD + c], ds = dSs[r * PLD + c];
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        dvacc[j] = fma(p, dOs[c * LD + sub + TPR * j], dvacc[j]);
+        dkacc[j] = fma(ds, Qs[c * LD + sub + TPR * j], dkacc[j]);
+      }
+    }
+    if (q0 + r < L) {
+      T acc[ND];
+#pragma unroll
+      for (int j = 0; j < ND; ++j) acc[j] = 0;
+      for (int kr = 0; kr < kFmaTile; ++kr) {
+        const T ds = dSs[kr * PLD + r];
+#pragma unroll
+        for (int j = 0; j < ND; ++j) acc[j] = fma(ds, Ks[kr * LD + sub + TPR * j], acc[j]);
+      }
+      T* dst = dq + ((b * L + q0 + r) * H + h) * D;
+#pragma unroll
+      for (int j = 0; j < ND; ++j) atomicAdd(dst + sub + TPR * j, acc[j]);
+    }
+  }
+  if (key < L) {
+    const int64_t o = ((b * L + key) * H + h) * D;
+#pragma unroll
+    for (int j = 0; j < ND; ++j) {
+      dk[o + sub + TPR * j] = dkacc[j];
+      dv[o + sub + TPR * j] = dvacc[j];
+    }
+  }
+}
+
+// Explicit conversions (torch builds with __CUDA_NO_HALF_CONVERSIONS__ / _BFLOAT16_).
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+
+// delta[b, h, i] = sum_d dO * O - dlse (accumulation type A); one warp per (b, i, h) row.
+template <typename T, typename A>
+__global__ void delta_kernel(Rows<T> dO, const T* __restrict__ out, const A* __restrict__ grad_lse,
+                             A* __restrict__ delta, int64_t B, int64_t L, int64_t H, int64_t D) {
+  const int64_t w = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= B * L * H) return;
+  const int64_t h = w % H, i = (w / H) % L, b = w / (H * L);
+  const T* g = dO.row(b, i, h);
+  const T* y = out + w * D;  // out is contiguous (B, L, H, D)
+  A s = 0;
+  for (int64_t d = lane; d < D; d += 32) s += static_cast<A>(to_acc(g[d])) * static_cast<A>(to_acc(y[d]));
+  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (lane == 0) {
+    const int64_t r = (b * H + h) * L + i;
+    delta[r] = s - (grad_lse ? grad_lse[r] : A(0));
+  }
+}
+
+}  // namespace radd_fast::attention::cuda
