@@ -7,6 +7,11 @@ Shape: D = 768, C = 50,258 output rows (50,257 classes + the mask column), N = 8
 Rates are counted on the masked rows only (the work the loss needs): fwd + bwd = 3 matmuls of
 2 * M * D * V flops (logits, grad hidden, grad weight), M = masked rows, V = 50,257; "rows/s" = M / time.
 
+pytest-benchmark times the implementations one after another; on a shared machine whose load changes
+meanwhile (the 2-core CI box), the ratio of two such runs can be off by 2x either way. The CPU kernel
+spends ~95% of its time in MKL's GEMMs (torch.profiler), so its fair comparison with the naive code
+is at equal threads, interleaved, e.g. alternate fn() calls of both with torch.set_num_threads(1).
+
 Peak memory (extra_info["peak_MB"]): bytes allocated during one fwd + bwd beyond what existed before
 (inputs and parameters excluded, gradients included).
   * CUDA: torch.cuda.max_memory_allocated() - memory_allocated() before the call.

@@ -92,6 +92,30 @@ def test_float64_gradients_match_reference(device, shape, reduction, bias):
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk", ["1", "7", "64"])
+def test_small_chunks(device, monkeypatch, chunk):
+    # Every chunk edge, and (CUDA) the chunks past the device-side row count, whose blocks must exit
+    # without touching anything: the kernels loop over ceil(N / R) chunks, only ~N / 2 rows are active.
+    monkeypatch.setenv("RADD_FAST_DCE_CHUNK_ROWS", chunk)
+    h, W, b, t, w, nc = make(150, 24, 301, None, torch.float64, device, "random", seed=21)
+    leaves = [x.clone().requires_grad_() for x in (h, W, b)]
+    rows = radd_fast.linear_dce_loss(*leaves, t, w, reduction="none", impl="fused")
+    up = torch.rand_like(rows)
+    rows.backward(up)
+    ref_leaves = [x.clone().requires_grad_() for x in (h, W, b)]
+    expect = R.linear_dce_loss(*ref_leaves, t, w, nc, "none")
+    expect.backward(up)
+    torch.testing.assert_close(rows, expect, rtol=1e-12, atol=1e-12)
+    for x, y in zip(leaves, ref_leaves):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-11, atol=1e-12)
+    s = [x.clone().requires_grad_() for x in (h, W, b)]
+    radd_fast.linear_dce_loss(*s, t, w, impl="fused").backward()
+    r_s = [x.clone().requires_grad_() for x in (h, W, b)]
+    R.linear_dce_loss(*r_s, t, w, nc).backward()
+    for x, y in zip(s, r_s):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(613, 13, 290, None), (64, 96, 2051, None), (5, 768, 50, 40)], ids=str)
 def test_float32_relative_error(device, shape):
     # fp32 inputs, truth in float64 on the same (fp32-representable) data; "far under 1e-3".

@@ -157,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
   if (want.weight) gw_acc = same ? grad_weight.narrow(0, 0, nc) : at::zeros({nc, D}, fopt);
   if (want.bias) gb_acc = same ? grad_bias.narrow(0, 0, nc) : at::zeros({nc}, fopt);
 
-  const int64_t R = std::min(kCpuChunkRows, M);
+  const int64_t R = std::min(chunk_rows_override() > 0 ? chunk_rows_override() : kCpuChunkRows, M);
   const int64_t VB = kCpuVocabBlock, P = (nc + VB - 1) / VB;
   at::Tensor zbuf = at::empty({nc * R}, fopt);
   at::Tensor stats = at::empty({P, 2, R}, fopt);  // per vocabulary block: max and sum exp per row

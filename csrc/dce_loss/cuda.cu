@@ -282,6 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
   const int64_t ld_t = ld * int64_t(sizeof(acc_t)) / int64_t(sizeof(T));
   int64_t R = kCudaWorkspaceBytes / (ld * int64_t(sizeof(acc_t))) / 128 * 128;
   R = std::max<int64_t>(128, std::min(R, ceil_div(N, 128) * 128));
+  if (chunk_rows_override() > 0) R = chunk_rows_override();
   at::Tensor logits = at::empty({R, ld}, fopt);
   acc_t* L = logits.data_ptr<acc_t>();
   const T* d_ptr = reinterpret_cast<const T*>(L);

@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 
 #include "common/checks.h"
@@ -99,6 +100,16 @@ constexpr int64_t kCpuVocabBlock = 256;
 // so fewer, larger chunks cut that traffic; 256 MiB keeps it under ~15% of the matmul time at
 // N = 64 x 1,024 while the workspace stays O(chunk x V).
 constexpr int64_t kCudaWorkspaceBytes = int64_t(256) << 20;
+
+// RADD_FAST_DCE_CHUNK_ROWS=n (n >= 1) overrides the rows per chunk of both kernels: a knob for
+// memory/speed trade-offs, and how the tests make every chunk edge (and empty trailing chunks) occur
+// on small inputs. Read on every call (a getenv, nothing next to the matmuls).
+inline int64_t chunk_rows_override() {
+  const char* s = std::getenv("RADD_FAST_DCE_CHUNK_ROWS");
+  if (s == nullptr || *s == 0) return 0;
+  const long long v = std::atoll(s);
+  return v > 0 ? int64_t(v) : 0;
+}
 
 // ----------------------------------------------------------------------------- host checks
 inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
