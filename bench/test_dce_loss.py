@@ -24,16 +24,12 @@ Peak memory (extra_info["peak_MB"]): bytes allocated during one fwd + bwd beyond
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import tempfile
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import radd_fast
+from radd_fast.testing import peak_memory
 
 D, V = 768, 50_257
 CUDA = torch.cuda.is_available()
@@ -72,48 +68,6 @@ def make(N, device, dtype, seed=0):
     u = torch.rand(N, device=device, generator=g)
     w = torch.where(torch.rand(N, device=device, generator=g) < 0.5, 1.0 / (u + 1e-3), torch.zeros_like(u))
     return h, W, b, t, w
-
-
-def _rss_kb() -> tuple[int, int]:
-    s = open("/proc/self/status").read()
-    return int(re.search(r"VmHWM:\s+(\d+)", s).group(1)), int(re.search(r"VmRSS:\s+(\d+)", s).group(1))
-
-
-def peak_memory(fn, clear, device) -> dict:
-    """Peak memory of fn() starting from clear() (no gradients held: they count in the peak)."""
-    clear()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return {"peak_MB": round((torch.cuda.max_memory_allocated() - base) / 1e6, 1)}
-    out = {}
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "trace.json")
-        prof.export_chrome_trace(path)
-        events = json.load(open(path))["traceEvents"]
-    mem = [e["args"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
-    # The reporter's running total does not start at 0 (it keeps what earlier profiled calls left
-    # alive); the counter before the first event is that event's total minus its own bytes.
-    base = mem[0]["Total Allocated"] - mem[0]["Bytes"] if mem else 0
-    out["peak_MB"] = round(max([base] + [m["Total Allocated"] for m in mem]) / 1e6 - base / 1e6, 1)
-    clear()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current resident set
-        _, rss0 = _rss_kb()
-        fn()
-        hwm, _ = _rss_kb()
-        out["rss_peak_MB"] = round((hwm - rss0) / 1e3, 1)
-    except OSError:
-        pass
-    return out
 
 
 @pytest.mark.parametrize("impl", IMPLS)

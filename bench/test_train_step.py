@@ -9,8 +9,8 @@ from radd_fast import losses
 from radd_fast.model import RADD, preset
 
 CASES = {
-    # CPU: the demo's tiny byte-level model, fp32.
-    "cpu": dict(preset="tiny", batch=16, length=128, dtype=None),
+    # CPU: the demo's tiny byte-level model at its length, fp32, 2,048 tokens per step.
+    "cpu": dict(preset="tiny", batch=4, length=512, dtype=None),
     # CUDA: the small (GPT-2-scale) model, bf16 autocast, a batch that fills an H200.
     "cuda": dict(preset="small", batch=32, length=1024, dtype=torch.bfloat16),
 }

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--minutes", type=float, default=3.0, help="training time budget (default 3)")
     d.add_argument("--steps", type=int, default=100_000, help="step limit (the time budget usually ends it)")
-    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--batch-size", type=int, default=4, help="sequences of 512 bytes per step (default 4)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--set", dest="model_overrides", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--no-progress", dest="progress", action="store_false")

@@ -9,29 +9,15 @@ import math
 import shutil
 from pathlib import Path
 
-import torch
 
-from . import losses as L
 from .checkpoint import save_pretrained
 from .data import chunks, prepare_corpus
+from .evaluate import evaluate
 from .sampling import sample
 from .tokenizers import ByteTokenizer
 from .train import TrainConfig, train
 
 PROMPTS = ["Return the ", "The following "]
-
-
-@torch.no_grad()
-def validation_bound(model, val_windows: torch.Tensor, mc_samples: int = 4, seed: int = 0) -> tuple[float, float]:
-    """Monte Carlo lambda-DCE bound on -log p per token (nats) over `val_windows`, and its standard error."""
-    model.eval()
-    g = torch.Generator(device=val_windows.device).manual_seed(seed)
-    per_draw = []
-    for _ in range(mc_samples):
-        per_draw.append(float(L.LOSSES["lambda_dce"](model, val_windows, generator=g, sampling="low_variance")))
-    t = torch.tensor(per_draw, dtype=torch.float64) / val_windows.shape[1]
-    se = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan")
-    return float(t.mean()), se
 
 
 def plot_losses(metrics_path: Path, png: Path, length: int) -> Path | None:
@@ -62,7 +48,7 @@ def plot_losses(metrics_path: Path, png: Path, length: int) -> Path | None:
     return png
 
 
-def run_demo(out: str = "runs/demo", minutes: float = 3.0, steps: int = 100_000, batch_size: int = 16, seed: int = 0,
+def run_demo(out: str = "runs/demo", minutes: float = 3.0, steps: int = 100_000, batch_size: int = 4, seed: int = 0,
              model_overrides: dict | None = None, progress: bool = True, sample_steps: int = 128) -> dict:
     out_dir = Path(out)
     # The demo replaces its own previous run (and only that: a folder without the demo's marker is refused).
@@ -96,9 +82,10 @@ def run_demo(out: str = "runs/demo", minutes: float = 3.0, steps: int = 100_000,
         print(repr(tok.decode(x[0].tolist())))
 
     _, val = prepare_corpus("stdlib", tok)
-    windows = chunks(val, length, max_chunks=64)
-    bound, se = validation_bound(model, windows, seed=seed)
-    print(f"\n=== validation bound (lambda-DCE, {len(windows)} windows of {length} bytes): "
+    windows = chunks(val, length, max_chunks=32)
+    ev = evaluate(model, windows, mc_samples=4, batch_size=16, seed=seed, progress=False)
+    bound, se = ev.nll_per_token, ev.stderr
+    print(f"\n=== validation bound (AO estimator, {ev.chunks} windows of {length} bytes, {ev.mc_samples} draws each): "
           f"{bound:.3f} ± {se:.3f} nats/byte = {bound / math.log(2):.3f} bits/byte "
           f"(log 256 = {math.log(256):.3f} nats for a uniform guess)")
     png = plot_losses(Path(res["metrics"]), out_dir / "loss.png", length)

@@ -58,8 +58,8 @@ class RADDConfig:
 
 
 PRESETS: dict[str, RADDConfig] = {
-    # Byte-level model for the CPU demo: about 0.8 M parameters.
-    "tiny": RADDConfig(vocab_size=256, hidden_size=128, n_heads=4, n_blocks=4, max_length=128, tokenizer="bytes"),
+    # Byte-level model for the CPU demo: about 0.8 M parameters, 512 bytes (about 100 words) of context.
+    "tiny": RADDConfig(vocab_size=256, hidden_size=128, n_heads=4, n_blocks=4, max_length=512, tokenizer="bytes"),
     # The GPT-2-scale models of the paper: 162,265,682 parameters for small with V = 50,257.
     "small": RADDConfig(hidden_size=768, n_heads=12, n_blocks=12),
     "medium": RADDConfig(hidden_size=1024, n_heads=16, n_blocks=24),
@@ -111,6 +111,8 @@ class Rotary(nn.Module):
         # fp32 tables (fp64 for an fp64 model; bf16/fp16 activations under autocast use fp32 too):
         # the rotation is computed in that precision and rounded once.
         dtype = torch.float64 if activation_dtype == torch.float64 else torch.float32
+        if torch.compiler.is_compiling():  # traced once into the graph; the cache is for eager mode
+            return RF.rotary_tables(length, self.head_dim, device=device, dtype=dtype, inv_freq=self.inv_freq)
         key = (device, dtype, self.inv_freq.data_ptr(), self.inv_freq._version)
         hit = self._cache.get(key)
         if hit is None or hit[0].shape[0] < length:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,7 +253,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.model}", unit="step", dynamic_ncols=True)
+        # Redraw at most every 30 s when stderr is a log file rather than a terminal.
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.model}", unit="step", dynamic_ncols=True,
+                   mininterval=0.2 if sys.stderr.isatty() else 30.0)
     t_start, t_last, last_step = time.time(), time.time(), step
     last_loss, val = float("nan"), None
     metrics_path = out / "metrics.jsonl"

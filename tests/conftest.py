@@ -18,3 +18,18 @@ def device(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Cases run by the randomised and table-driven tests, reported at the end of the session.
+CASE_COUNTS: dict[str, int] = {}
+
+
+def count_case(kind: str) -> None:
+    CASE_COUNTS[kind] = CASE_COUNTS.get(kind, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if CASE_COUNTS:
+        terminalreporter.section("radd_fast: cases run")
+        for kind, n in sorted(CASE_COUNTS.items()):
+            terminalreporter.write_line(f"{kind:<28} {n:>6}")
