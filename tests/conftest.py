@@ -1,5 +1,13 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+# The real benchmark text and GPT-2's tokenizer files live in ../shared/data beside the checkout
+# (never copied into the repository); RADD_FAST_DATA points elsewhere. Tests that need them fail,
+# with this path in the message, when they are missing: they are never skipped.
+SHARED = Path(os.environ.get("RADD_FAST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 # Every fused-path test runs on the CPU here and on CUDA where a GPU is visible.
 CUDA = torch.cuda.is_available()

@@ -5,7 +5,6 @@ cases run is printed at the end of the session ("bad input: ..." under "cases ru
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,9 +22,8 @@ from radd_fast.sampling import load_for_inference, sample
 from radd_fast.tokenizers import ByteTokenizer, GPT2Tokenizer, get_tokenizer
 from radd_fast.train import TrainConfig
 
-from conftest import count_case
+from conftest import SHARED, count_case
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 f64 = torch.float64
 
 

@@ -2,14 +2,14 @@
 token count is stable (recorded here; a change means the evaluation changed)."""
 
 import hashlib
-from pathlib import Path
 
 import pytest
 
 from radd_fast import benchmarks as B
 from radd_fast.tokenizers import GPT2Tokenizer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED
+
 # Tokens with EOS after every line/document, after detokenisation (GPT-2 BPE).
 TOKENS = {"lambada": 421_121, "wikitext2": 272_198, "wikitext103": 272_198, "ptb": 91_054, "lm1b": 176_376}
 DOCS = {"lambada": 5153, "wikitext2": 4358, "wikitext103": 4358, "ptb": 3761, "lm1b": 6075}

@@ -1,7 +1,6 @@
 """Tokenizers, corpus preparation, token files and windows."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +9,11 @@ import torch
 from radd_fast import data, tokenizers
 from radd_fast.io import atomic_dir, atomic_write, remove_stale_temps
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-GPT2_DIR = SHARED / "gpt2_tokenizer"
+from conftest import SHARED
 
 
 def test_gpt2_tokenizer_from_local_files():
-    tok = tokenizers.GPT2Tokenizer(GPT2_DIR)
+    tok = tokenizers.GPT2Tokenizer(SHARED / "gpt2_tokenizer")
     assert tok.encode("Hello world") == [15496, 995]
     assert tok.vocab_size == 50257 and tok.eos_id == 50256
     text = "RADD's network has no time input; x = 3.14!"

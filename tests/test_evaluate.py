@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from radd_fast.evaluate import bound_estimates, evaluate, exact_order_nll, summa
 from radd_fast.model import RADD, RADDConfig
 from radd_fast.train import TrainConfig, train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED
+
 KINDS = ["lambda_dce", "t_dce", "ao_dce", "dse"]
 
 
