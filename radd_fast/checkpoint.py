@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .io import atomic_dir, remove_stale_temps
+from .io import TMP_PREFIX, atomic_dir, remove_stale_temps
 from .model import RADD, RADDConfig
 
 CONFIG = "config.json"
@@ -229,7 +229,11 @@ def save_training_checkpoint(run_dir: str | os.PathLike, step: int, model: RADD,
         if _FAULT_SLEEP:
             time.sleep(_FAULT_SLEEP)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        # Rename first (atomic), then delete: a kill during the deletion leaves a temporary, which the
+        # next resume removes, never a half-deleted folder that still looks like a checkpoint.
+        doomed = old.with_name(f"{TMP_PREFIX}old-{old.name}")
+        os.rename(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return folder
 
 

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from . import losses as L
 from .checkpoint import list_checkpoints, latest_valid_checkpoint, load_training_checkpoint, save_training_checkpoint
 from .data import WindowSampler, chunks, prepare_corpus
-from .io import atomic_write
+from .io import atomic_write, remove_stale_temps
 from .model import RADD, preset
 from .tokenizers import get_tokenizer
 
@@ -165,7 +165,8 @@ def train(cfg: TrainConfig) -> dict:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
-    if distributed and not dist.is_initialized():
+    own_group = distributed and not dist.is_initialized()  # ours to tear down at the end
+    if own_group:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -214,6 +215,8 @@ def train(cfg: TrainConfig) -> dict:
 
     if cfg.resume:
         # Rank 0 picks the checkpoint (and moves damaged ones aside); every rank then loads that one.
+        if rank == 0:
+            remove_stale_temps(out)  # e.g. a metrics rewrite cut short by a kill
         found = latest_valid_checkpoint(out, model, log=log) if rank == 0 else None
         chosen = [str(found[0]) if found else ""]
         if distributed:
@@ -352,6 +355,9 @@ def train(cfg: TrainConfig) -> dict:
             break
     if bar is not None:
         bar.close()
+    if own_group:
+        dist.barrier()  # no rank tears down while another still talks to it
+        dist.destroy_process_group()
     return {"step": step, "loss": last_loss, "val_loss": val, "checkpoint": str(ckpt) if ckpt else None,
             "metrics": str(metrics_path), "model": model, "ema": ema}
 
