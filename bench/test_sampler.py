@@ -98,7 +98,9 @@ def run_case(bench, device, impl, model_name, B, L, n):
     info.update(network_calls=len(sizes), sequence_evaluations=sum(sizes),
                 nfe_mean=round(nfe[0].double().mean().item(), 1))
     stats = getattr(bench.benchmark, "stats", None)
-    if stats is not None and stats.stats.mean:
+    # The time-outside-the-network target is the new sampler's; replaying the reference's calls
+    # would double its (long) run for a figure nobody asked for.
+    if impl == "fused" and stats is not None and stats.stats.mean:
         t_net = replay_network(model, sizes, L, device, autocast)
         info["network_s"] = round(t_net, 3)
         info["outside_network_pct"] = round(100 * max(0.0, 1 - t_net / stats.stats.mean), 1)
@@ -112,6 +114,6 @@ def test_sampler_cpu(bench, impl, model_name):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
-@pytest.mark.parametrize("steps", [1024, 4096])
+@pytest.mark.parametrize("steps", [4096, 1024])
 def test_sampler_cuda_small(bench, impl, steps):
     run_case(bench, torch.device("cuda"), impl, "small", B=16, L=1024, n=steps)

@@ -300,6 +300,18 @@ def test_empty_inputs(device):
     assert out[0].shape == (0, 5) and out[3].shape == (0,) and out[4].tolist() == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("kw", [{}, dict(top_k=3), dict(top_p=0.5), dict(greedy=True)], ids=str)
+def test_nan_rows_give_token_0_and_nan_log_prob(device, kw):
+    # A NaN hidden row has no argmax: the kernels must not read past the row or emit the mask id.
+    h, W, b = _rows(5, 8, 11, torch.float64, device)
+    h[1] = float("nan")
+    tok, lp = RF.sample_rows(h, W, b, seed=3, impl="fused", **kw)
+    ref_tok, ref_lp = RF.sample_rows(h, W, b, seed=3, impl="reference", **kw)
+    assert tok[1].item() == 0 and torch.isnan(lp[1])
+    assert torch.equal(tok, ref_tok)
+    torch.testing.assert_close(lp, ref_lp, equal_nan=True)
+
+
 # --------------------------------------------------------------------------------------- bad input
 def _bad_op_cases():
     m, cdf = torch.ones(2, 3, dtype=torch.bool), R.reveal_step_cdf(4)

@@ -25,6 +25,11 @@ void check_head_dim(const at::Tensor& q, const char* op) {
                     ": head_dim (last dim of 'q') must be 32, 64 or 128 on CUDA, got ", D);
 }
 
+int64_t grid_size(int64_t n) {
+  TORCH_CHECK(n < (int64_t(1) << 31), "radd_fast.masked_attention: problem too large (", n, " thread blocks)");
+  return n;
+}
+
 // Calls f(std::integral_constant<int, D>) for the supported head dims.
 template <typename F>
 void with_head_dim(int64_t D, F&& f) {
@@ -63,7 +68,7 @@ DeviceMask prepare_mask(const c10::optional<at::Tensor>& key_padding_mask, const
     auto* stats = reinterpret_cast<TileStats*>(m.stats.data_ptr());
     const int threads = 256;
     const int64_t blocks = (count * 32 + threads - 1) / threads;
-    tile_stats_kernel<<<blocks, threads, 0, stream>>>(m.params, tile, stats, count);
+    tile_stats_kernel<<<grid_size(blocks), threads, 0, stream>>>(m.params, tile, stats, count);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     m.params.stats = stats;
   }
@@ -83,13 +88,14 @@ Rows<T> rows(const at::Tensor& t) {
   return Rows<T>{reinterpret_cast<const T*>(t.const_data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
 }
 
-int64_t grid_size(int64_t n) {
-  TORCH_CHECK(n < (int64_t(1) << 31), "radd_fast.masked_attention: problem too large (", n, " thread blocks)");
-  return n;
-}
-
 template <typename K>
 void set_smem(K kernel, size_t bytes) {
+  // fp64 at head_dim 128 needs up to 146 KiB: more than sm_86/sm_89 allow (99 KiB) -> a clear error.
+  int device = 0, limit = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  TORCH_CHECK(bytes <= static_cast<size_t>(limit), "radd_fast.masked_attention: this dtype and head_dim need ", bytes,
+              " bytes of shared memory per block; the GPU allows ", limit, " (use float32 or bfloat16)");
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
@@ -164,7 +170,7 @@ at::Tensor compute_delta(const at::Tensor& grad_out, const at::Tensor& out, cons
   if (grad_lse.has_value()) glse = grad_lse->contiguous();
   const int64_t warps = B * L * H;
   const int threads = 256;
-  delta_kernel<T, A><<<(warps * 32 + threads - 1) / threads, threads, 0, stream>>>(
+  delta_kernel<T, A><<<grid_size((warps * 32 + threads - 1) / threads), threads, 0, stream>>>(
       rows<T>(grad_out), reinterpret_cast<const T*>(out_c.const_data_ptr()),
       glse.defined() ? glse.const_data_ptr<A>() : nullptr, delta.data_ptr<A>(), B, L, H, D);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

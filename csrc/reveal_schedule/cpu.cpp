@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> reveal_sc
   TORCH_CHECK_VALUE(offset >= 0, "radd_fast.", op, ": 'offset' must be >= 0, got ", offset);
   const int64_t B = masked.size(0), L = masked.size(1), R = num_rounds(cdf.size(0), L);
   const int32_t n = int32_t(cdf.size(0));
-  const int64_t W = (n + 31) / 32;  // bitmap words per sequence
+  const int64_t W = (int64_t(n) + 31) / 32;  // bitmap words per sequence
   auto i32 = masked.options().dtype(at::kInt), i64 = masked.options().dtype(at::kLong);
   at::Tensor step = at::empty({B, L}, i32), num_events = at::empty({B}, i32);
   at::Tensor row_index = at::empty({B * L}, i64), offsets = at::empty({R + 1}, i64);

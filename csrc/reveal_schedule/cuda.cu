@@ -85,8 +85,9 @@ __global__ void draw_events_kernel(const bool* __restrict__ masked, const double
 }
 
 __global__ void inverse_perm_kernel(const int64_t* __restrict__ perm, int64_t B, int64_t* __restrict__ rank) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i < B) rank[perm[i]] = i;
+  // grid-stride: grid_for caps the grid at 2^16 blocks
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B; i += int64_t(gridDim.x) * blockDim.x)
+    rank[perm[i]] = i;
 }
 
 __global__ void row_keys_kernel(const int32_t* __restrict__ event, const int64_t* __restrict__ rank, int64_t B,
@@ -125,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> reveal_sc
   const c10::cuda::CUDAGuard guard(masked.device());
   const int64_t B = masked.size(0), L = masked.size(1), R = num_rounds(cdf.size(0), L), N = B * L;
   const int32_t n = int32_t(cdf.size(0));
-  const int64_t W = (n + 31) / 32;
+  const int64_t W = (int64_t(n) + 31) / 32;
   auto i32 = masked.options().dtype(at::kInt), i64 = masked.options().dtype(at::kLong);
   at::Tensor step = at::empty({B, L}, i32), event = at::empty({B, L}, i32), num_events = at::empty({B}, i32);
   at::Tensor row_index = at::empty({N}, i64), offsets = at::empty({R + 1}, i64);

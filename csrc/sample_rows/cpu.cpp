@@ -116,6 +116,11 @@ void sample_row(const T* l, int64_t V, int64_t row, const Params& p, int shift, 
     for (int64_t w = 0; w < V; ++w)
       if (order_key(l[w]) >= tau) sum += std::exp((l[w] - lmax) / temp);
   }
+  if (token >= V) {  // no comparable logit (a NaN row): as the reference, token 0 with log_prob NaN
+    token = 0;
+    log_prob = std::numeric_limits<T>::quiet_NaN();
+    return;
+  }
   log_prob = (l[token] - lmax) / temp - std::log(sum);
 }
 

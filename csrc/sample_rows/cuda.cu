@@ -176,8 +176,11 @@ __global__ void __launch_bounds__(kThreads)
   if (!p.greedy) block_argmax(best, best_v, sh);
   if (threadIdx.x == 0) {
     const int64_t tok = p.greedy ? amax : best_v;
-    tokens[row] = tok;
-    log_prob[row] = (l[tok] - lmax) / temp - log(sum);
+    // A NaN never wins a comparison, so a NaN row has no argmax: as the reference, token 0 with
+    // log_prob NaN (never an out-of-range read or the mask id).
+    const bool found = tok >= 0 && tok < V;
+    tokens[row] = found ? tok : 0;
+    log_prob[row] = found ? (l[tok] - lmax) / temp - log(sum) : std::numeric_limits<T>::quiet_NaN();
   }
 }
 
