@@ -312,6 +312,20 @@ def test_nan_rows_give_token_0_and_nan_log_prob(device, kw):
     torch.testing.assert_close(lp, ref_lp, equal_nan=True)
 
 
+def test_sample_rows_ignores_autocast(device):
+    # Inside torch.autocast the op's internal head matmul must stay fp32 (it once came back bf16 and
+    # the kernel refused it): same tokens and log-probs as outside autocast. 300 rows take the
+    # at::addmm path on both devices.
+    h, W, b = _rows(300, 16, 1001, torch.float32, device)
+    want = RF.sample_rows(h, W, b, seed=5, top_p=0.9, impl="fused")
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        got = RF.sample_rows(h, W, b, seed=5, top_p=0.9, impl="fused")
+        model = mixer(V=9, L=16, device=device)
+        x, nfe = sample(model, 3, 16, 8, seed=2, method="cached")  # the whole loop under autocast
+    assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+    assert x.shape == (3, 16) and int(x.max()) < 9 and torch.equal(nfe, sample(model, 3, 16, 8, seed=2)[1])
+
+
 # --------------------------------------------------------------------------------------- bad input
 def _bad_op_cases():
     m, cdf = torch.ones(2, 3, dtype=torch.bool), R.reveal_step_cdf(4)

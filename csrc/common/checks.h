@@ -4,6 +4,8 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
@@ -80,4 +82,13 @@ inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const ch
                     t.sizes());
 }
 
+}  // namespace radd_fast
+
+namespace radd_fast {
+// Kernels that call ATen matmuls internally (sample_rows' head, the CPU loss's chunk GEMMs) compute
+// in the dtypes they were given. Inside torch.autocast those inner calls would otherwise be re-cast
+// (an fp32 at::mm returns bf16) and the kernel would read the wrong dtype. Hold one of these for
+// the kernel's whole body.
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
+inline constexpr c10::DispatchKeySet kAutocastKeys = c10::autocast_dispatch_keyset;
 }  // namespace radd_fast

@@ -226,12 +226,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dispatch(const at::Te
 
 at::Tensor linear_dce_loss_cpu(const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                const at::Tensor& target, const at::Tensor& row_weight, int64_t num_classes) {
+  const NoAutocast no_autocast(kAutocastKeys);  // chunk GEMMs accumulate as written, whatever autocast says
   return std::get<0>(dispatch(hidden, weight, bias, target, row_weight, num_classes, Flags{}));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_dce_loss_grad_cpu(
     const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
     const at::Tensor& row_weight, int64_t num_classes, std::array<bool, 3> output_mask) {
+  const NoAutocast no_autocast(kAutocastKeys);
   return dispatch(hidden, weight, bias, target, row_weight, num_classes,
                   Flags{output_mask[0], output_mask[1], output_mask[2]});
 }

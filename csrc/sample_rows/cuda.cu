@@ -205,6 +205,7 @@ std::tuple<at::Tensor, at::Tensor> sample_rows_cuda(const at::Tensor& hidden, co
                                                     const std::optional<at::Tensor>& bias, int64_t num_classes,
                                                     double temperature, int64_t top_k, double top_p, bool greedy,
                                                     int64_t seed, int64_t offset) {
+  const NoAutocast no_autocast(kAutocastKeys);  // the head matmul stays in the inputs' dtype
   const char* op = "sample_rows";
   check_sample_rows_args(hidden, weight, bias, num_classes, temperature, top_k, top_p, offset, op);
   check_device_type(hidden, c10::DeviceType::CUDA, op, "hidden");
