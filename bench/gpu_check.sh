@@ -3,8 +3,8 @@
 # GPU, run the CUDA tests (plus compute-sanitizer memcheck and racecheck on small cases) and the
 # CUDA benchmarks, keep full logs, print a short table last.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: the stage caps add up to 480 s (build 90, info 10, tests 70, crash 40 (only after a
-# crash), bench 85, sampler 100, memcheck 60, racecheck 25). On an H200 with 16 cores (2026-11-29)
+# Budget: the stage caps add up to 445 s (build 90, info 10, tests 70, crash 30 (only after a
+# crash), bench 80, sampler 90, memcheck 50, racecheck 25). On an H200 with 16 cores (2026-11-29)
 # the run took 301 s: build 52 s, tests 37 s, benchmarks 66 s.
 # Results: at most 8 files (machine.txt, stages.tsv, tests.xml, bench.json, bench_sampler.json,
 # logs.tar.gz), the number a device session brings back.
@@ -44,16 +44,16 @@ if stage build 90 "$py" setup.py build_ext --inplace; then
   # backtrace: the run that found one (head_dim 48 error path, 2026-11-29) had no other clue.
   crashed=$(grep -o "crashed while running '[^']*'" "$out/tests.log" 2>/dev/null | cut -d"'" -f2 | head -2)
   if [ -n "$crashed" ] && command -v cuda-gdb >/dev/null; then
-    stage crash 40 bash -c 'for t in "$@"; do echo "== $t"; cuda-gdb -batch -ex run -ex bt --args "'"$py"'" -m pytest -q \
+    stage crash 30 bash -c 'for t in "$@"; do echo "== $t"; cuda-gdb -batch -ex run -ex bt --args "'"$py"'" -m pytest -q \
       -p no:cacheprovider "$t" 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tail -40; done' _ $crashed
   fi
-  want bench && stage bench 85 "$py" -m pytest bench -m cuda -q -p no:cacheprovider $(tmo 40) --benchmark-json="$out/bench.json" \
+  want bench && stage bench 80 "$py" -m pytest bench -m cuda -q -p no:cacheprovider $(tmo 40) --benchmark-json="$out/bench.json" \
     --benchmark-max-time=0.3 --benchmark-min-rounds=3 --ignore=bench/test_sampler.py
   # Each sampler configuration is timed once; the new sampler first, so a slow reference run costs
   # only its own figure. The reference at n = 4,096 alone took 44 s on an H200; the one at n = 1,024
   # (23 s) is left to a plain `pytest bench/test_sampler.py`.
   s=bench/test_sampler.py::test_sampler_cuda_small
-  want sampler && stage sampler 100 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo 60) --benchmark-json="$out/bench_sampler.json" \
+  want sampler && stage sampler 90 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo 60) --benchmark-json="$out/bench_sampler.json" \
     "$s[fused-4096]" "$s[reference-4096]" "$s[fused-1024]"
   # Bad memory accesses and shared-memory races of the hand-written kernels (cp.async, ldmatrix,
   # atomics) on a few small cases of each op; RADD_FAST_SANITIZE=0 skips them.
@@ -61,7 +61,7 @@ if stage build 90 "$py" setup.py build_ext --inplace; then
     # memcheck slows every launch, torch's own too (40 s got through one test on an H200): one
     # dtype per op, small shapes.
     small="(small_shapes_all_dtypes and bfloat16) or test_small_chunks or test_reveal_schedule_matches_reference or (test_sample_rows_matches_reference and float32) or test_inverse_roundtrip"
-    want memcheck && stage memcheck 60 "$sanitizer" --tool memcheck --error-exitcode 3 "$py" -m pytest tests -m cuda -q \
+    want memcheck && stage memcheck 50 "$sanitizer" --tool memcheck --error-exitcode 3 "$py" -m pytest tests -m cuda -q \
       -p no:cacheprovider -k "$small"
     want racecheck && stage racecheck 25 "$sanitizer" --tool racecheck --error-exitcode 3 "$py" -m pytest tests/test_attention.py \
       -m cuda -q -p no:cacheprovider -x -k "small_shapes_all_dtypes and bfloat16"

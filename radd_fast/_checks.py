@@ -85,6 +85,17 @@ def _check_qkv_layout(t: torch.Tensor, op: str, name: str) -> None:
         )
 
 
+def _check_like_q(t: torch.Tensor, q: torch.Tensor, op: str, name: str) -> None:
+    """`name` must have the shape, dtype and device of 'q'."""
+    if t.shape != q.shape:
+        raise ValueError(f"radd_fast.{op}: '{name}' must have the shape of 'q' ({list(q.shape)}), got {list(t.shape)}")
+    if t.dtype != q.dtype:
+        raise TypeError(
+            f"radd_fast.{op}: '{name}' must have the dtype of 'q' ({_dtype_name(q.dtype)}), got {_dtype_name(t.dtype)}"
+        )
+    check_same_device(q, t, op, "q", name)
+
+
 def check_masked_attention(q, k, v, key_padding_mask=None, order=None, scale=1.0, op: str = "masked_attention") -> None:
     """Mirrors check_fwd_args of csrc/attention/attention.h."""
     for t, n in ((q, "q"), (k, "k"), (v, "v")):
@@ -92,13 +103,7 @@ def check_masked_attention(q, k, v, key_padding_mask=None, order=None, scale=1.0
     check_dim(q, 4, op, "q", "(B, L, heads, head_dim)")
     check_dtype(q, (torch.float32, torch.float64, torch.bfloat16, torch.float16), op, "q")
     for t, n in ((k, "k"), (v, "v")):
-        if t.shape != q.shape:
-            raise ValueError(f"radd_fast.{op}: '{n}' must have the shape of 'q' ({list(q.shape)}), got {list(t.shape)}")
-        if t.dtype != q.dtype:
-            raise TypeError(
-                f"radd_fast.{op}: '{n}' must have the dtype of 'q' ({_dtype_name(q.dtype)}), got {_dtype_name(t.dtype)}"
-            )
-        check_same_device(q, t, op, "q", n)
+        _check_like_q(t, q, op, n)
     if q.shape[3] <= 0:
         raise ValueError(f"radd_fast.{op}: 'q' head_dim (last dim) must be positive, got {list(q.shape)}")
     for t, n in ((q, "q"), (k, "k"), (v, "v")):
@@ -134,13 +139,7 @@ def check_masked_attention_bwd(grad_out, q, k, v, out, lse, grad_lse, key_paddin
     check_masked_attention(q, k, v, key_padding_mask, order, scale, op)
     for t, n in ((grad_out, "grad_out"), (out, "out")):
         check_tensor(t, op, n)
-        if t.shape != q.shape:
-            raise ValueError(f"radd_fast.{op}: '{n}' must have the shape of 'q' ({list(q.shape)}), got {list(t.shape)}")
-        if t.dtype != q.dtype:
-            raise TypeError(
-                f"radd_fast.{op}: '{n}' must have the dtype of 'q' ({_dtype_name(q.dtype)}), got {_dtype_name(t.dtype)}"
-            )
-        check_same_device(q, t, op, "q", n)
+        _check_like_q(t, q, op, n)
         _check_qkv_layout(t, op, n)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     shape = [q.shape[0], q.shape[2], q.shape[1]]

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _checks, _extension, ops, reference
@@ -100,9 +102,6 @@ def rotary(
 
 
 # ----------------------------------------------------------------------------------- masked attention
-import math  # noqa: E402  (kept with this section, which other branches append after)
-
-
 def masked_attention(
     q: torch.Tensor,
     k: torch.Tensor,
