@@ -166,8 +166,9 @@ def make_extension():
     define_macros = []
     include_dirs = [os.path.join(HERE, "csrc")]
     srcs = sources("csrc/**/*.cpp")
-    # C++ unit tests are built by CMake only.
-    srcs = [s for s in srcs if not s.startswith(os.path.join("csrc", "tests"))]
+    # C++ unit tests are built by CMake only; cuda_api.cpp (each op's checked CUDA entry points,
+    # compiled by the host compiler) only in a CUDA build.
+    srcs = [s for s in srcs if not s.startswith(os.path.join("csrc", "tests")) and not s.endswith("cuda_api.cpp")]
 
     arch_list = None
     if with_cuda:
@@ -177,7 +178,7 @@ def make_extension():
             arch_list = None if torch.cuda.is_available() else "8.0;9.0a"
             if arch_list:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
-        srcs += sources("csrc/**/*.cu")
+        srcs += sources("csrc/**/cuda_api.cpp") + sources("csrc/**/*.cu")
         include_dirs += nvidia_wheel_includes()
         define_macros.append(("RADD_FAST_WITH_CUDA", "1"))
         nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr",

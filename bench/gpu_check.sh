@@ -3,8 +3,8 @@
 # GPU, run the CUDA tests (plus compute-sanitizer memcheck and racecheck on small cases) and the
 # CUDA benchmarks, keep full logs, print a short table last.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: the stage caps add up to 445 s (build 90, info 10, tests 70, crash 30 (only after a
-# crash), bench 80, sampler 90, memcheck 50, racecheck 25). On an H200 with 16 cores (2026-11-29)
+# Budget: the stage caps add up to 470 s (build 90, info 10, tests 70, crash 30 (only after a
+# crash), bench 80, sampler 90, memcheck 60, racecheck 40). On an H200 with 16 cores (2026-11-29)
 # the run took 301 s: build 52 s, tests 37 s, benchmarks 66 s.
 # Results: at most 8 files (machine.txt, stages.tsv, tests.xml, bench.json, bench_sampler.json,
 # logs.tar.gz), the number a device session brings back.
@@ -56,15 +56,15 @@ if stage build 90 "$py" setup.py build_ext --inplace; then
   want sampler && stage sampler 90 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo 60) --benchmark-json="$out/bench_sampler.json" \
     "$s[fused-4096]" "$s[reference-4096]" "$s[fused-1024]"
   # Bad memory accesses and shared-memory races of the hand-written kernels (cp.async, ldmatrix,
-  # atomics) on a few small cases of each op; RADD_FAST_SANITIZE=0 skips them.
+  # atomics): every kernel once on small odd shapes (bench/sanitize_cases.py; a pytest run under
+  # memcheck got through one test in 40 s on an H200). Where the sanitizer can filter by kernel name
+  # only ours are instrumented, and torch's launches run at full speed. RADD_FAST_SANITIZE=0 skips.
   if [ -n "$sanitizer" ] && [ "${RADD_FAST_SANITIZE:-1}" = 1 ]; then
-    # memcheck slows every launch, torch's own too (40 s got through one test on an H200): one
-    # dtype per op, small shapes.
-    small="(small_shapes_all_dtypes and bfloat16) or test_small_chunks or test_reveal_schedule_matches_reference or (test_sample_rows_matches_reference and float32) or test_inverse_roundtrip"
-    want memcheck && stage memcheck 50 "$sanitizer" --tool memcheck --error-exitcode 3 "$py" -m pytest tests -m cuda -q \
-      -p no:cacheprovider -k "$small"
-    want racecheck && stage racecheck 25 "$sanitizer" --tool racecheck --error-exitcode 3 "$py" -m pytest tests/test_attention.py \
-      -m cuda -q -p no:cacheprovider -x -k "small_shapes_all_dtypes and bfloat16"
+    filt=(); "$sanitizer" --help 2>&1 | grep -q -- "--kernel-name" && filt=(--kernel-name kns=radd_fast)
+    want memcheck && stage memcheck 60 "$sanitizer" --tool memcheck --error-exitcode 3 "${filt[@]}" \
+      "$py" bench/sanitize_cases.py
+    want racecheck && stage racecheck 40 "$sanitizer" --tool racecheck --error-exitcode 3 "${filt[@]}" \
+      "$py" bench/sanitize_cases.py --only attention,loss,sampler
   else
     status sanitizer skipped "compute-sanitizer not found or RADD_FAST_SANITIZE=0"
   fi

@@ -33,6 +33,16 @@ def main(argv: list[str]) -> int:
             bad = case.find("failure") if case.find("failure") is not None else case.find("error")
             if bad is not None:
                 print(f"  FAIL {case.get('classname')}::{case.get('name')}: {(bad.get('message') or '')[:150]}")
+    for tool in ("memcheck", "racecheck"):  # bench/sanitize_cases.py under compute-sanitizer
+        log = out / f"{tool}.log"
+        if log.exists():
+            lines = log.read_text(errors="replace").splitlines()
+            ok = sum(line.startswith("ok ") for line in lines)
+            verdicts = [line.strip("= ").strip() for line in lines if "SUMMARY" in line]
+            print(f"{tool:<9} {ok} cases ok; {'; '.join(verdicts) or 'no sanitizer summary (cut short?)'}")
+            for line in lines:
+                if line.startswith("FAIL"):
+                    print(f"  {line[:150]}")
     groups: dict[str, list] = {}
     for name in ("bench.json", "bench_sampler.json"):  # the sampler benchmarks run as their own stage
         bj = out / name

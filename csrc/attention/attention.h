@@ -16,8 +16,10 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 #include "common/checks.h"
 #include "common/macros.h"
@@ -213,5 +215,22 @@ inline void check_bwd_args(const at::Tensor& grad_out, const at::Tensor& q, cons
                      " for ", dtype_name(q.scalar_type()), " inputs, got ", dtype_name(t->scalar_type()));
   }
 }
+
+// --------------------------------------------------------------------- CUDA launchers (cuda.cu)
+// Called only by the CUDA entry points in cuda_api.cpp, after the checks above and on the inputs'
+// device. The entry points are compiled by the host C++ compiler, so every argument error is raised
+// (and unwound) before any nvcc-compiled frame is on the stack.
+namespace cuda {
+// Dynamic shared memory per block of the kernel for this dtype and head_dim (32, 64 or 128).
+size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward);
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const c10::optional<at::Tensor>& key_padding_mask,
+                                       const c10::optional<at::Tensor>& order, bool strict, double scale);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                                   const c10::optional<at::Tensor>& grad_lse,
+                                                   const c10::optional<at::Tensor>& key_padding_mask,
+                                                   const c10::optional<at::Tensor>& order, bool strict, double scale);
+}  // namespace cuda
 
 }  // namespace radd_fast::attention

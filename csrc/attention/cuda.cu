@@ -1,6 +1,7 @@
-// CUDA entry points of radd_fast::masked_attention_fwd / _bwd: checks, mask preparation, launches
-// (kernels in kernels.cuh). Everything is enqueued on the current stream; nothing synchronises the
-// host. bf16/fp16 run on tensor cores, fp32/fp64 with FMAs; head_dim 32, 64 or 128.
+// CUDA launchers of radd_fast::masked_attention_fwd / _bwd: mask preparation and launches (kernels in
+// kernels.cuh), called by cuda_api.cpp once the arguments are checked and the device is set.
+// Everything is enqueued on the current stream; nothing synchronises the host. bf16/fp16 run on
+// tensor cores, fp32/fp64 with FMAs; head_dim 32, 64 or 128.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -15,15 +16,6 @@
 
 namespace radd_fast::attention::cuda {
 namespace {
-
-constexpr const char* kFwd = "masked_attention";
-constexpr const char* kBwd = "masked_attention_bwd";
-
-void check_head_dim(const at::Tensor& q, const char* op) {
-  const int64_t D = q.size(3);
-  TORCH_CHECK_VALUE(D == 32 || D == 64 || D == 128, "radd_fast.", op,
-                    ": head_dim (last dim of 'q') must be 32, 64 or 128 on CUDA, got ", D);
-}
 
 int64_t grid_size(int64_t n) {
   TORCH_CHECK(n < (int64_t(1) << 31), "radd_fast.masked_attention: problem too large (", n, " thread blocks)");
@@ -90,15 +82,34 @@ Rows<T> rows(const at::Tensor& t) {
 
 template <typename K>
 void set_smem(K kernel, size_t bytes) {
-  // fp64 at head_dim 128 needs up to 146 KiB: more than sm_86/sm_89 allow (99 KiB) -> a clear error.
-  int device = 0, limit = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  TORCH_CHECK(bytes <= static_cast<size_t>(limit), "radd_fast.masked_attention: this dtype and head_dim need ", bytes,
-              " bytes of shared memory per block; the GPU allows ", limit, " (use float32 or bfloat16)");
+  // cuda_api.cpp has checked bytes against the GPU's opt-in limit (smem_bytes below).
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
+template <typename T, int D>
+size_t smem_of(bool backward) {
+  constexpr bool mma = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
+  if constexpr (mma) return backward ? BwdMmaSmem<T, D>::kBytes : FwdMmaSmem<T, D>::kBytes;
+  else return backward ? BwdFmaSmem<T, D>::kBytes : FwdFmaSmem<T, D>::kBytes;
+}
+
+}  // namespace
+
+size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward) {
+  size_t bytes = 0;
+  with_head_dim(head_dim, [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    switch (dtype) {
+      case at::kBFloat16: bytes = smem_of<__nv_bfloat16, D>(backward); break;
+      case at::kHalf: bytes = smem_of<__half, D>(backward); break;
+      case at::kFloat: bytes = smem_of<float, D>(backward); break;
+      default: bytes = smem_of<double, D>(backward); break;
+    }
+  });
+  return bytes;
+}
+
+namespace {
 // ---------------------------------------------------------------------------------- forward
 template <typename T>
 void fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp, double scale,
@@ -134,13 +145,11 @@ void fwd_fma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                            const c10::optional<at::Tensor>& key_padding_mask,
-                                            const c10::optional<at::Tensor>& order, bool strict, double scale) {
-  check_fwd_args(q, k, v, key_padding_mask, order, scale, kFwd);
-  check_device_type(q, c10::DeviceType::CUDA, kFwd, "q");
-  check_head_dim(q, kFwd);
-  const c10::cuda::CUDAGuard guard(q.device());
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const c10::optional<at::Tensor>& key_padding_mask,
+                                       const c10::optional<at::Tensor>& order, bool strict, double scale) {
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({B, H, L}, q.options().dtype(acc_dtype(q.scalar_type())));
@@ -159,6 +168,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tenso
   return {out, lse};
 }
 
+namespace {
 // --------------------------------------------------------------------------------- backward
 // delta = rowsum(dO * out) - dlse, in the accumulation type A.
 template <typename T, typename A>
@@ -224,17 +234,13 @@ void bwd_fma(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& 
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(const at::Tensor& grad_out, const at::Tensor& q,
-                                                        const at::Tensor& k, const at::Tensor& v,
-                                                        const at::Tensor& out, const at::Tensor& lse,
-                                                        const c10::optional<at::Tensor>& grad_lse,
-                                                        const c10::optional<at::Tensor>& key_padding_mask,
-                                                        const c10::optional<at::Tensor>& order, bool strict,
-                                                        double scale) {
-  check_bwd_args(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, scale, kBwd);
-  check_device_type(q, c10::DeviceType::CUDA, kBwd, "q");
-  check_head_dim(q, kBwd);
-  const c10::cuda::CUDAGuard guard(q.device());
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                                   const c10::optional<at::Tensor>& grad_lse,
+                                                   const c10::optional<at::Tensor>& key_padding_mask,
+                                                   const c10::optional<at::Tensor>& order, bool strict, double scale) {
   const int64_t B = q.size(0), L = q.size(1);
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(q.sizes(), q.options());
@@ -256,13 +262,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(const at::Tensor& grad_o
     default: TORCH_CHECK(false, "unreachable");
   }
   return {dq, dk, dv};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(radd_fast, CUDA, m) {
-  m.impl("masked_attention_fwd", &fwd_cuda);
-  m.impl("masked_attention_bwd", &bwd_cuda);
 }
 
 }  // namespace radd_fast::attention::cuda

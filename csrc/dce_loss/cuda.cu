@@ -1,4 +1,5 @@
-// CUDA kernel of radd_fast::linear_dce_loss / linear_dce_loss_grad. No host synchronisation.
+// CUDA kernel of radd_fast::linear_dce_loss / linear_dce_loss_grad (entry points and checks in
+// cuda_api.cpp). No host synchronisation.
 //
 //   0. compact (1 block): order = indices of rows with weight != 0, count in device memory.
 //   Then, for each chunk of R compacted rows (the host loops over ceil(N / R) chunks; a chunk past
@@ -25,7 +26,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <array>
@@ -343,48 +343,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
   return {loss, grad_hidden, grad_weight, grad_bias};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dispatch(const at::Tensor& hidden, const at::Tensor& weight,
-                                                                     const c10::optional<at::Tensor>& bias,
-                                                                     const at::Tensor& target,
-                                                                     const at::Tensor& row_weight, int64_t nc,
-                                                                     Flags want) {
-  check_args(hidden, weight, bias, target, row_weight, nc);
-  check_device_type(hidden, c10::DeviceType::CUDA, kOp, "hidden");
-  const c10::cuda::CUDAGuard guard(hidden.device());
-  switch (hidden.scalar_type()) {
-    case at::kFloat:
-      return run<float>(hidden, weight, bias, target, row_weight, nc, want);
-    case at::kDouble:
-      return run<double>(hidden, weight, bias, target, row_weight, nc, want);
-    default:
-      break;
-  }
-  int major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, hidden.get_device()));
-  TORCH_CHECK(major >= 8, "radd_fast.", kOp, ": bfloat16/float16 on CUDA need compute capability 8.0 or newer "
-              "(tensor-core bf16), this device has ", major, ".x; use float32");
-  if (hidden.scalar_type() == at::kBFloat16) return run<__nv_bfloat16>(hidden, weight, bias, target, row_weight, nc, want);
-  return run<__half>(hidden, weight, bias, target, row_weight, nc, want);
-}
-
-at::Tensor linear_dce_loss_cuda(const at::Tensor& hidden, const at::Tensor& weight,
-                                const c10::optional<at::Tensor>& bias, const at::Tensor& target,
-                                const at::Tensor& row_weight, int64_t num_classes) {
-  return std::get<0>(dispatch(hidden, weight, bias, target, row_weight, num_classes, Flags{}));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_dce_loss_grad_cuda(
-    const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
-    const at::Tensor& row_weight, int64_t num_classes, std::array<bool, 3> output_mask) {
-  return dispatch(hidden, weight, bias, target, row_weight, num_classes,
-                  Flags{output_mask[0], output_mask[1], output_mask[2]});
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(radd_fast, CUDA, m) {
-  m.impl("linear_dce_loss", &linear_dce_loss_cuda);
-  m.impl("linear_dce_loss_grad", &linear_dce_loss_grad_cuda);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_forward_backward(
+    const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
+    const at::Tensor& row_weight, int64_t num_classes, bool grad_hidden, bool grad_weight, bool grad_bias) {
+  const Flags want{grad_hidden, grad_weight, grad_bias};
+  switch (hidden.scalar_type()) {
+    case at::kFloat: return run<float>(hidden, weight, bias, target, row_weight, num_classes, want);
+    case at::kDouble: return run<double>(hidden, weight, bias, target, row_weight, num_classes, want);
+    case at::kBFloat16: return run<__nv_bfloat16>(hidden, weight, bias, target, row_weight, num_classes, want);
+    default: return run<__half>(hidden, weight, bias, target, row_weight, num_classes, want);
+  }
 }
 
 }  // namespace radd_fast::dce

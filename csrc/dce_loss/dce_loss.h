@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <tuple>
 
 #include "common/checks.h"
 #include "common/macros.h"
@@ -159,5 +160,13 @@ inline void check_args(const at::Tensor& hidden, const at::Tensor& weight, const
                     " (the rows of 'hidden'), got ", row_weight.sizes());
   check_dtype(row_weight, {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}, op, "row_weight");
 }
+
+// ----------------------------------------------------------------- CUDA launcher (cuda.cu)
+// Called only by the CUDA entry points in cuda_api.cpp (host compiler), after check_args and the
+// compute-capability check, on hidden's device: (per-row loss, grad hidden, grad weight, grad bias),
+// a gradient not asked for an empty tensor.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_forward_backward(
+    const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
+    const at::Tensor& row_weight, int64_t num_classes, bool grad_hidden, bool grad_weight, bool grad_bias);
 
 }  // namespace radd_fast::dce

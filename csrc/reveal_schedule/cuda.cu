@@ -10,7 +10,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include "common/philox.h"
 #include "reveal_schedule/schedule.h"
@@ -117,13 +116,12 @@ int64_t grid_for(int64_t work) {
   return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, int64_t(1) << 16));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> reveal_schedule_cuda(
-    const at::Tensor& masked, const at::Tensor& cdf, int64_t seed, int64_t offset) {
-  const char* op = "reveal_schedule";
-  check_args(masked, cdf, op);
-  check_device_type(masked, c10::DeviceType::CUDA, op, "masked");
-  TORCH_CHECK_VALUE(offset >= 0, "radd_fast.", op, ": 'offset' must be >= 0, got ", offset);
-  const c10::cuda::CUDAGuard guard(masked.device());
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_reveal_schedule(const at::Tensor& masked,
+                                                                                           const at::Tensor& cdf,
+                                                                                           int64_t seed,
+                                                                                           int64_t offset) {
   const int64_t B = masked.size(0), L = masked.size(1), R = num_rounds(cdf.size(0), L), N = B * L;
   const int32_t n = int32_t(cdf.size(0));
   const int64_t W = (int64_t(n) + 31) / 32;
@@ -156,9 +154,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> reveal_sc
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {step, num_events, perm, row_index, offsets};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(radd_fast, CUDA, m) { m.impl("reveal_schedule", &reveal_schedule_cuda); }
 
 }  // namespace radd_fast::schedule

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 #include "common/checks.h"
 #include "common/macros.h"
@@ -77,5 +78,12 @@ inline void check_args(const at::Tensor& masked, const at::Tensor& cdf, const ch
   TORCH_CHECK_VALUE(keys < 0x1p62, "radd_fast.", op, ": batch ", B, " x length ", L,
                     " is too large for the schedule's int64 sort keys");
 }
+
+// CUDA launcher (cuda.cu), called only by the entry point in cuda_api.cpp (host compiler) after
+// check_args, on the inputs' device.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_reveal_schedule(const at::Tensor& masked,
+                                                                                           const at::Tensor& cdf,
+                                                                                           int64_t seed,
+                                                                                           int64_t offset);
 
 }  // namespace radd_fast::schedule

@@ -6,7 +6,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include "rotary/rotary.h"
 
@@ -38,13 +37,14 @@ __global__ void rotary_kernel(const scalar_t* x, scalar_t* y,
   }
 }
 
-void launch(const at::Tensor& in, const at::Tensor& out, const at::Tensor& cos, const at::Tensor& sin,
-            bool inverse) {
+}  // namespace
+
+void cuda_launch(const at::Tensor& in, const at::Tensor& out, const at::Tensor& cos, const at::Tensor& sin,
+                 bool inverse) {
   const int64_t B = in.size(0), L = in.size(1), H = in.size(3), half = in.size(4) / 2;
   const int64_t slices = in.data_ptr() == out.data_ptr() ? 2 : 3;
   const int64_t pairs = B * L * slices * H * half;
   if (pairs == 0) return;
-  const c10::cuda::CUDAGuard guard(in.device());
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((pairs + threads - 1) / threads, int64_t(1) << 20);
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -57,25 +57,5 @@ void launch(const at::Tensor& in, const at::Tensor& out, const at::Tensor& cos, 
   });
 }
 
-void rotary_inplace_cuda(at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, bool inverse) {
-  check_args(qkv, cos, sin, "rotary_");
-  check_device_type(qkv, c10::DeviceType::CUDA, "rotary_", "qkv");
-  launch(qkv, qkv, cos, sin, inverse);
-}
-
-at::Tensor rotary_cuda(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, bool inverse) {
-  check_args(qkv, cos, sin, "rotary");
-  check_device_type(qkv, c10::DeviceType::CUDA, "rotary", "qkv");
-  at::Tensor out = at::empty_like(qkv);
-  launch(qkv, out, cos, sin, inverse);
-  return out;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(radd_fast, CUDA, m) {
-  m.impl("rotary", &rotary_cuda);
-  m.impl("rotary_", &rotary_inplace_cuda);
-}
 
 }  // namespace radd_fast::rotary

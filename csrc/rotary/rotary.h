@@ -52,4 +52,9 @@ inline void check_args(const at::Tensor& qkv, const at::Tensor& cos, const at::T
   }
 }
 
+// CUDA launcher (cuda.cu), called only by the entry points in cuda_api.cpp (host compiler) after
+// check_args, on the inputs' device: out = rotary(in) (out may be in, for the in-place op).
+void cuda_launch(const at::Tensor& in, const at::Tensor& out, const at::Tensor& cos, const at::Tensor& sin,
+                 bool inverse);
+
 }  // namespace radd_fast::rotary

@@ -13,7 +13,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <limits>
 
@@ -201,15 +200,12 @@ __global__ void __launch_bounds__(kThreads)
     out[r * V + v] = order_key(l[v]) >= tau ? l[v] / temp : -std::numeric_limits<T>::infinity();
 }
 
-std::tuple<at::Tensor, at::Tensor> sample_rows_cuda(const at::Tensor& hidden, const at::Tensor& weight,
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> cuda_sample_rows(const at::Tensor& hidden, const at::Tensor& weight,
                                                     const std::optional<at::Tensor>& bias, int64_t num_classes,
                                                     double temperature, int64_t top_k, double top_p, bool greedy,
                                                     int64_t seed, int64_t offset) {
-  const NoAutocast no_autocast(kAutocastKeys);  // the head matmul stays in the inputs' dtype
-  const char* op = "sample_rows";
-  check_sample_rows_args(hidden, weight, bias, num_classes, temperature, top_k, top_p, offset, op);
-  check_device_type(hidden, c10::DeviceType::CUDA, op, "hidden");
-  const c10::cuda::CUDAGuard guard(hidden.device());
   const int64_t N = hidden.size(0), V = num_classes;
   at::Tensor tokens = at::empty({N}, hidden.options().dtype(at::kLong));
   at::Tensor log_prob = at::empty({N}, hidden.options());
@@ -236,11 +232,7 @@ std::tuple<at::Tensor, at::Tensor> sample_rows_cuda(const at::Tensor& hidden, co
   return {tokens, log_prob};
 }
 
-at::Tensor filter_logits_cuda(const at::Tensor& logits, double temperature, int64_t top_k, double top_p) {
-  const char* op = "filter_logits";
-  check_filter_logits_args(logits, temperature, top_k, top_p, op);
-  check_device_type(logits, c10::DeviceType::CUDA, op, "logits");
-  const c10::cuda::CUDAGuard guard(logits.device());
+at::Tensor cuda_filter_logits(const at::Tensor& logits, double temperature, int64_t top_k, double top_p) {
   at::Tensor out = at::empty_like(logits);
   const int64_t N = logits.size(0), V = logits.size(1);
   if (N == 0 || V == 0) return out;
@@ -253,13 +245,6 @@ at::Tensor filter_logits_cuda(const at::Tensor& logits, double temperature, int6
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(radd_fast, CUDA, m) {
-  m.impl("sample_rows", &sample_rows_cuda);
-  m.impl("filter_logits", &filter_logits_cuda);
 }
 
 }  // namespace radd_fast::sample_rows

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <tuple>
 
 #include "common/checks.h"
 #include "common/macros.h"
@@ -201,5 +202,13 @@ inline int64_t chunk_rows(int64_t rows, int64_t V, int64_t elements) {
   const int64_t c = elements / (V > 0 ? V : 1);
   return c < 1 ? 1 : (c < rows ? c : rows);
 }
+
+// CUDA launchers (cuda.cu), called only by the entry points in cuda_api.cpp (host compiler) after
+// the checks above, on the inputs' device and with autocast held off.
+std::tuple<at::Tensor, at::Tensor> cuda_sample_rows(const at::Tensor& hidden, const at::Tensor& weight,
+                                                    const std::optional<at::Tensor>& bias, int64_t num_classes,
+                                                    double temperature, int64_t top_k, double top_p, bool greedy,
+                                                    int64_t seed, int64_t offset);
+at::Tensor cuda_filter_logits(const at::Tensor& logits, double temperature, int64_t top_k, double top_p);
 
 }  // namespace radd_fast::sample_rows
