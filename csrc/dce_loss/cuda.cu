@@ -231,7 +231,12 @@ void launch_gemm(const GemmArgs<T>& a, const Epi& epi, int64_t m_max, int splits
   TORCH_CHECK(gy <= 65535, "radd_fast.", kOp, ": too many columns for the CUDA kernel (", a.N, ")");
   const dim3 grid(unsigned(ceil_div(m_max, TL::BM)), unsigned(gy), unsigned(splits));
   if (grid.x == 0 || grid.y == 0) return;
-  gpu::gemm_kernel<T, A_KMAJOR, B_KMAJOR, Epi><<<grid, gpu::kThreads, 0, stream>>>(a, epi);
+  auto kernel = gpu::gemm_kernel<T, A_KMAJOR, B_KMAJOR, Epi>;
+  constexpr size_t smem = gpu::GemmSmem<T, A_KMAJOR, B_KMAJOR>::kBytes;
+  // More than the default 48 KB of dynamic shared memory needs an opt-in (a host-side attribute, no
+  // synchronisation; sm_80 and newer allow at least 99 KB per block).
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<grid, gpu::kThreads, smem, stream>>>(a, epi);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -296,9 +301,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
   if (want.bias) gb_acc = same ? grad_bias.narrow(0, 0, nc) : at::zeros({nc}, fopt);
 
   // grad_h has only ceil(R / BM) x ceil(D / BN) output tiles (60 for R = 1,280, D = 768) and a deep
-  // K = nc: split K so that about two blocks per SM are busy.
+  // K = nc: split K into as many parts as fit one wave at two blocks per SM (the shared memory of an
+  // sm_80/sm_90 SM holds two 80 KB blocks): on 132 SMs, 4 splits of 60 tiles is 240 blocks at once,
+  // where 5 would leave 36 of 300 blocks for a second, nearly empty wave.
   const int64_t out_tiles = ceil_div(R, TL::BM) * ceil_div(D, TL::BN);
-  int splits = int(std::min<int64_t>(16, std::max<int64_t>(1, ceil_div(2 * sm_count(hidden.get_device()), out_tiles))));
+  int splits = int(std::min<int64_t>(16, std::max<int64_t>(1, 2 * sm_count(hidden.get_device()) / out_tiles)));
   const int64_t k_split = ceil_div(ceil_div(nc, splits), TL::BK) * TL::BK;
   splits = int(ceil_div(nc, k_split));
   if (want.hidden) part = at::empty({splits, R, D}, fopt);

@@ -7,23 +7,30 @@
 // Operands are "stored matrices": row-major arrays with a leading dimension, whose rows may be
 // gathered through an index array (the compacted row list). An operand is either K-major (its stored
 // rows are the M or N index, K contiguous) or not (stored rows are K). Each block stages tiles of
-// both operands in shared memory in their stored orientation (register-staged double buffering),
-// and multiplies them with
+// both operands in shared memory in their stored orientation through a kStages-deep cp.async
+// pipeline (copies of the next kStages - 1 depth slices in flight while one is multiplied), and
+// multiplies them with
 //   * bf16 / fp16: tensor cores through nvcuda::wmma (16 x 16 x 16 fragments, fp32 accumulators);
 //     WMMA's load_matrix_sync takes either orientation (row_major / col_major), so no transposes;
 //   * fp32 / fp64: CUDA-core FMAs (true fp32/fp64, as torch's default allow_tf32=False matmuls).
 // The epilogue hands every (m, n, value) inside the bounds to a functor.
 #pragma once
 
+#include <cstdint>
+#include <type_traits>
+
+// RADD_GEMM_HOST_EMULATION: compiled by a host compiler on top of csrc/tests/gpu_emulation.h, which
+// runs a block's threads as CPU threads (csrc/tests/test_gemm.cpp tests the fp32/fp64 kernels so).
+#ifndef RADD_GEMM_HOST_EMULATION
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
 
-#include <cstdint>
-#include <type_traits>
+#include "common/async_copy.cuh"
+#endif
 
 // WMMA bf16 needs sm_80; the host pass sees all of mma.h.
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#if !defined(RADD_GEMM_HOST_EMULATION) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
 #define RADD_DCE_WMMA 1
 #else
 #define RADD_DCE_WMMA 0
@@ -32,6 +39,10 @@
 namespace radd_fast::dce::gpu {
 
 constexpr int kThreads = 256;  // every GEMM block: 8 warps
+// Depth slices in shared memory: kStages - 1 in flight while one is multiplied. A 2-deep register-
+// staged pipeline left the bf16 GEMMs at 64-70 TFLOP/s on an H200 (bench/RESULTS.md): one slice of
+// math (~1 MFLOP per block) does not cover a global load's latency.
+constexpr int kStages = 4;
 
 template <typename T>
 struct AccOf {
@@ -90,46 +101,64 @@ struct GemmArgs {
   int64_t k_split;  // blockIdx.z covers K range [z * k_split, (z + 1) * k_split); a multiple of BK
 };
 
-// ------------------------------------------------------------------------------------- tile loader
-// Moves a TR x TC tile of a stored matrix, at stored (r0, c0), through registers into shared memory
-// laid out [TR][TC + PAD]. Entries outside rows < r_end, cols < c_end are zero. Each thread moves
-// N_VEC 16-byte vectors; a vector that would cross c_end (or an unaligned operand) is read element
-// by element.
-template <typename T, int TR, int TC, int PAD>
-struct TileLoader {
+// ------------------------------------------------------------------------------------- tile copier
+// Enqueues the copy of a TR x TC tile of a stored matrix, at stored (r0, c0), into shared memory laid
+// out [TR][TC + PAD]. Entries outside rows < r_end, cols < c_end are zero. Each thread moves N_VEC
+// 16-byte vectors: by cp.async where the vector is in bounds and aligned (zero-filled by cp.async
+// where it is out of bounds); a vector that crosses c_end, or any vector of an unaligned operand,
+// element by element through a plain shared store (visible after the next barrier, as the copies
+// are after their wait). KMAJOR tiles keep their stored rows (M or N) for the whole K loop, so each
+// thread resolves its rows (and their gather through the index array) once.
+template <typename T, int TR, int TC, int PAD, bool KMAJOR>
+struct TileCopy {
   static constexpr int VEC = 16 / int(sizeof(T));
   static constexpr int PER_ROW = TC / VEC;
   static constexpr int N_VEC = TR * TC / VEC / kThreads;
   static_assert(TC % VEC == 0 && (TR * TC) % (VEC * kThreads) == 0, "tile does not split into vectors");
   static_assert((PAD * sizeof(T)) % 16 == 0, "padding must keep rows 16-byte aligned");
-  uint4 reg[N_VEC];
+  const T* row_ptr[KMAJOR ? N_VEC : 1];  // KMAJOR: start of each vector's stored row; nullptr past r_end
 
-  __device__ __forceinline__ void load(const Stored<T>& s, int64_t r0, int64_t r_end, int64_t c0, int64_t c_end) {
+  __device__ __forceinline__ static const T* row_start(const Stored<T>& s, int64_t gr) {
+    const int64_t row = s.rows ? int64_t(s.rows[s.rows_offset + gr]) : gr;
+    return s.ptr + row * s.ld;
+  }
+
+  // KMAJOR only: fixes the stored rows [r0, r_end) once.
+  __device__ __forceinline__ void init_rows(const Stored<T>& s, int64_t r0, int64_t r_end) {
 #pragma unroll
     for (int j = 0; j < N_VEC; ++j) {
-      const int v = int(threadIdx.x) + j * kThreads;
-      const int64_t gr = r0 + v / PER_ROW, gc = c0 + (v % PER_ROW) * VEC;
-      uint4 val = make_uint4(0u, 0u, 0u, 0u);
-      if (gr < r_end && gc < c_end) {
-        const int64_t row = s.rows ? int64_t(s.rows[s.rows_offset + gr]) : gr;
-        const T* p = s.ptr + row * s.ld + gc;
-        if (s.vec && gc + VEC <= c_end) {
-          val = __ldg(reinterpret_cast<const uint4*>(p));
-        } else {
-          T* e = reinterpret_cast<T*>(&val);
-          for (int i = 0; i < VEC; ++i)
-            if (gc + i < c_end) e[i] = p[i];
-        }
-      }
-      reg[j] = val;
+      const int64_t gr = r0 + (int(threadIdx.x) + j * kThreads) / PER_ROW;
+      row_ptr[j] = gr < r_end ? row_start(s, gr) : nullptr;
     }
   }
 
-  __device__ __forceinline__ void store(T* smem) const {
+  // Copies stored rows [r0, r_end) (ignored for KMAJOR: see init_rows), columns [c0, c_end).
+  __device__ __forceinline__ void issue(T* smem, const Stored<T>& s, int64_t r0, int64_t r_end, int64_t c0,
+                                        int64_t c_end) const {
 #pragma unroll
     for (int j = 0; j < N_VEC; ++j) {
       const int v = int(threadIdx.x) + j * kThreads;
-      *reinterpret_cast<uint4*>(smem + (v / PER_ROW) * (TC + PAD) + (v % PER_ROW) * VEC) = reg[j];
+      const int lr = v / PER_ROW, lc = (v % PER_ROW) * VEC;
+      const int64_t gc = c0 + lc;
+      T* dst = smem + lr * (TC + PAD) + lc;
+      const T* row;
+      if constexpr (KMAJOR) {
+        row = row_ptr[j];
+      } else {
+        const int64_t gr = r0 + lr;
+        row = gr < r_end ? row_start(s, gr) : nullptr;
+      }
+      if (row == nullptr || gc >= c_end) {
+        radd_fast::gpu::cp_async_16(dst, s.ptr, false);  // zero fill
+      } else if (s.vec && gc + VEC <= c_end) {
+        radd_fast::gpu::cp_async_16(dst, row + gc, true);
+      } else {
+        uint4 val = make_uint4(0u, 0u, 0u, 0u);
+        T* e = reinterpret_cast<T*>(&val);
+        for (int i = 0; i < VEC; ++i)
+          if (gc + i < c_end) e[i] = row[gc + i];
+        *reinterpret_cast<uint4*>(dst) = val;
+      }
     }
   }
 };
@@ -273,17 +302,37 @@ struct SimtEngine {
 };
 
 // -------------------------------------------------------------------------------------- the kernel
-// Grid: x = M tiles (consecutive blocks share a tile of B), y = N tiles, z = K splits.
-template <typename T, bool A_KMAJOR, bool B_KMAJOR, class Epi>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmArgs<T> p, const Epi epi) {
+// Shared memory of one block: kStages slices of both operand tiles, each buffer rounded to 64
+// elements (keeps every buffer and fragment pointer 32-byte aligned). 80 KB for bf16/fp16, 72 KB for
+// fp32/fp64: above the 48 KB default, so launches opt in (cuda.cu).
+template <typename T, bool A_KMAJOR, bool B_KMAJOR>
+struct GemmSmem {
   using TL = Tile<T>;
+  static constexpr int A_TR = A_KMAJOR ? TL::BM : TL::BK, A_TC = A_KMAJOR ? TL::BK : TL::BM;
+  static constexpr int B_TR = B_KMAJOR ? TL::BN : TL::BK, B_TC = B_KMAJOR ? TL::BK : TL::BN;
+  static constexpr int A_ELEMS = (A_TR * (A_TC + TL::PAD) + 63) / 64 * 64;
+  static constexpr int B_ELEMS = (B_TR * (B_TC + TL::PAD) + 63) / 64 * 64;
+  static constexpr size_t kBytes = size_t(kStages) * (A_ELEMS + B_ELEMS) * sizeof(T);
+  static_assert(kBytes >= 8 * 256 * sizeof(float), "epilogue scratch does not fit");
+};
+
+#ifndef RADD_GEMM_HOST_EMULATION
+__device__ __forceinline__ unsigned char* gemm_smem() {
+  extern __shared__ __align__(128) unsigned char gemm_dynamic_smem[];
+  return gemm_dynamic_smem;
+}
+#endif
+
+// Grid: x = M tiles (consecutive blocks share a tile of B), y = N tiles, z = K splits. Dynamic
+// shared memory: GemmSmem<T, A_KMAJOR, B_KMAJOR>::kBytes. At most 128 registers per thread, so two
+// blocks fit an SM (ptxas for sm_90a: 121-128 for bf16/fp16, 64-108 for fp32/fp64, no spills).
+template <typename T, bool A_KMAJOR, bool B_KMAJOR, class Epi>
+__global__ void __launch_bounds__(kThreads, 2) gemm_kernel(const GemmArgs<T> p, const Epi epi) {
+  using TL = Tile<T>;
+  using SM = GemmSmem<T, A_KMAJOR, B_KMAJOR>;
   constexpr int BM = TL::BM, BN = TL::BN, BK = TL::BK, PAD = TL::PAD;
-  constexpr int A_TR = A_KMAJOR ? BM : BK, A_TC = A_KMAJOR ? BK : BM;
-  constexpr int B_TR = B_KMAJOR ? BN : BK, B_TC = B_KMAJOR ? BK : BN;
-  // Buffer sizes rounded to 64 elements keep every buffer (and fragment pointer) 32-byte aligned.
-  constexpr int A_ELEMS = (A_TR * (A_TC + PAD) + 63) / 64 * 64, B_ELEMS = (B_TR * (B_TC + PAD) + 63) / 64 * 64;
-  static_assert(2 * (A_ELEMS + B_ELEMS) * sizeof(T) >= 8 * 256 * sizeof(float), "epilogue scratch does not fit");
-  __shared__ __align__(128) T smem[2 * (A_ELEMS + B_ELEMS)];
+  T* As = reinterpret_cast<T*>(gemm_smem());
+  T* Bs = As + kStages * SM::A_ELEMS;
   using Engine = std::conditional_t<TL::kTensorCore, WmmaEngine<T, A_KMAJOR, B_KMAJOR>, SimtEngine<T, A_KMAJOR, B_KMAJOR>>;
 
   // Rows (or depth) beyond the device-side count: nothing to do, and no host ever had to know.
@@ -297,40 +346,43 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmArgs<T> p, con
   if (Epi::kAccumulates && kb >= ke) return;  // adding a zero product: skip (non-accumulating epilogues write 0)
   const int nk = kb < ke ? int((ke - kb + BK - 1) / BK) : 0;
 
-  T* As = smem;
-  T* Bs = smem + 2 * A_ELEMS;
-  TileLoader<T, A_TR, A_TC, PAD> la;
-  TileLoader<T, B_TR, B_TC, PAD> lb;
-  auto load = [&](int64_t k0) {
+  TileCopy<T, SM::A_TR, SM::A_TC, PAD, A_KMAJOR> ca;
+  TileCopy<T, SM::B_TR, SM::B_TC, PAD, B_KMAJOR> cb;
+  if constexpr (A_KMAJOR) ca.init_rows(p.a, m0, M);
+  if constexpr (B_KMAJOR) cb.init_rows(p.b, n0, p.N);
+  auto issue = [&](int stage, int64_t k0) {  // depth slice [k0, k0 + BK) into buffer `stage`
     if constexpr (A_KMAJOR)
-      la.load(p.a, m0, M, k0, ke);
+      ca.issue(As + stage * SM::A_ELEMS, p.a, 0, 0, k0, ke);
     else
-      la.load(p.a, k0, ke, m0, M);
+      ca.issue(As + stage * SM::A_ELEMS, p.a, k0, ke, m0, M);
     if constexpr (B_KMAJOR)
-      lb.load(p.b, n0, p.N, k0, ke);
+      cb.issue(Bs + stage * SM::B_ELEMS, p.b, 0, 0, k0, ke);
     else
-      lb.load(p.b, k0, ke, n0, p.N);
+      cb.issue(Bs + stage * SM::B_ELEMS, p.b, k0, ke, n0, p.N);
   };
 
   Engine eng;
   eng.zero();
-  if (nk > 0) {
-    load(kb);
-    la.store(As);
-    lb.store(Bs);
+  // Group g of each thread's copies holds slice g (a group past nk is empty), so before slice t is
+  // multiplied, waiting until at most kStages - 2 groups are pending means groups 0..t have landed.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nk) issue(s, kb + int64_t(s) * BK);
+    radd_fast::gpu::cp_async_commit();
   }
-  __syncthreads();
   for (int t = 0; t < nk; ++t) {
-    const int cur = t & 1;
-    if (t + 1 < nk) load(kb + int64_t(t + 1) * BK);  // global -> registers, overlapping the math below
-    eng.step(As + cur * A_ELEMS, Bs + cur * B_ELEMS);
-    if (t + 1 < nk) {  // the other buffer was last read in iteration t - 1, before the barrier
-      la.store(As + (cur ^ 1) * A_ELEMS);
-      lb.store(Bs + (cur ^ 1) * B_ELEMS);
-    }
+    radd_fast::gpu::cp_async_wait<kStages - 2>();
+    // Every thread's copies of slice t are visible, and every warp is done with slice t - 1, whose
+    // buffer the next issue refills.
     __syncthreads();
+    const int next = t + kStages - 1;
+    if (next < nk) issue(next % kStages, kb + int64_t(next) * BK);
+    radd_fast::gpu::cp_async_commit();
+    eng.step(As + (t % kStages) * SM::A_ELEMS, Bs + (t % kStages) * SM::B_ELEMS);
   }
-  eng.epilogue(reinterpret_cast<float*>(smem), m0, n0, M, p.N, epi);
+  radd_fast::gpu::cp_async_wait<0>();
+  __syncthreads();  // the epilogue reuses the tile buffers as scratch
+  eng.epilogue(reinterpret_cast<float*>(gemm_smem()), m0, n0, M, p.N, epi);
 }
 
 }  // namespace radd_fast::dce::gpu
