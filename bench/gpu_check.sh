@@ -3,8 +3,8 @@
 # GPU, run the CUDA tests (plus compute-sanitizer memcheck and racecheck on small cases) and the
 # CUDA benchmarks, keep full logs, print a short table last.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: the stage caps add up to 470 s (build 90, info 10, tests 70, crash 30 (only after a
-# crash), bench 80, sampler 90, memcheck 60, racecheck 40). On an H200 with 16 cores (2026-11-29)
+# Budget: the stage caps add up to 480 s (build 80, info 10, tests 60, crash 30 (only after a
+# crash), bench 80, sampler 90, memcheck 60, racecheck 40, profile 30). On an H200 with 16 cores (2026-11-29)
 # the run took 301 s: build 52 s, tests 37 s, benchmarks 66 s.
 # Results: at most 8 files (machine.txt, stages.tsv, tests.xml, bench.json, bench_sampler.json,
 # logs.tar.gz), the number a device session brings back.
@@ -14,7 +14,7 @@ out=${RADD_FAST_GPU_RESULTS:-./gpu_results}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 # RADD_FAST_STAGES=tests,sampler (say) reruns only those stages after the build.
-want() { [[ ",${RADD_FAST_STAGES:-info,tests,bench,sampler,memcheck,racecheck}," == *",$1,"* ]]; }
+want() { [[ ",${RADD_FAST_STAGES:-info,tests,bench,sampler,memcheck,racecheck,profile}," == *",$1,"* ]]; }
 status() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$out/stages.tsv"; }
 : > "$out/stages.tsv"
 stage() {  # stage NAME TIMEOUT_S CMD...
@@ -36,9 +36,9 @@ export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOB
 # small) and a per-test time limit, so one slow case costs its own result, not its stage's.
 par=(); "$py" -c "import xdist" 2>/dev/null && par=(-n "${RADD_FAST_TEST_WORKERS:-8}")
 tmo() { "$py" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
-if stage build 90 "$py" setup.py build_ext --inplace; then
+if stage build 80 "$py" setup.py build_ext --inplace; then
   want info && stage info 10 "$py" -m radd_fast.info
-  want tests && stage tests 70 "$py" -m pytest tests -m cuda -q -rfE -p no:cacheprovider "${par[@]}" $(tmo 60) \
+  want tests && stage tests 60 "$py" -m pytest tests -m cuda -q -rfE -p no:cacheprovider "${par[@]}" $(tmo 60) \
     --junitxml="$out/tests.xml"
   # A test that killed its worker (a crash inside C++) is rerun alone under cuda-gdb for a native
   # backtrace: the run that found one (head_dim 48 error path, 2026-11-29) had no other clue.
@@ -67,6 +67,16 @@ if stage build 90 "$py" setup.py build_ext --inplace; then
       "$py" bench/sanitize_cases.py --only attention,loss,sampler
   else
     status sanitizer skipped "compute-sanitizer not found or RADD_FAST_SANITIZE=0"
+  fi
+  # Where the time of the kernels below their targets goes: Nsight Compute on one realistic call of
+  # each (bench/profile_cases.py; ten launches). The CSV is in profile.log, a digest in the table.
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)
+  if [ -n "$ncu_bin" ]; then
+    want profile && stage profile 30 "$ncu_bin" --csv --clock-control none --section SpeedOfLight \
+      --section Occupancy --section LaunchStats -k 'regex:gemm_kernel|softmax_rows_kernel|fwd_mma_kernel|bwd_mma_kernel' \
+      "$py" bench/profile_cases.py
+  else
+    status profile skipped "ncu not found"
   fi
 else
   tail -40 "$out/build.log"

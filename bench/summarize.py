@@ -5,10 +5,43 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+
+PROFILE_METRICS = {"Duration": "time", "Compute (SM) Throughput": "SM %", "Memory Throughput": "memory %",
+                   "Achieved Occupancy": "occupancy %", "Registers Per Thread": "registers"}
+
+
+def print_profile(lines: list[str]) -> None:
+    """One line per profiled kernel launch from `ncu --csv` output (other lines are skipped)."""
+    rows = list(csv.reader(line for line in lines if line.startswith('"')))
+    if len(rows) < 2:
+        print("profile  no Nsight Compute rows (see profile.log)")
+        return
+    head = rows[0]
+    col = {name: head.index(name) for name in ("ID", "Kernel Name", "Grid Size", "Metric Name", "Metric Unit",
+                                               "Metric Value") if name in head}
+    if len(col) < 6:
+        print("profile  unexpected Nsight Compute CSV header (see profile.log)")
+        return
+    kernels: dict[str, dict[str, str]] = {}
+    for r in rows[1:]:
+        name = r[col["Kernel Name"]].replace("(anonymous namespace)::", "").split("(")[0].removeprefix("void ")
+        name = re.sub(r"\w+::", "", name)  # namespaces
+        k = kernels.setdefault(r[col["ID"]], {"name": name, "grid": r[col["Grid Size"]]})
+        label = PROFILE_METRICS.get(r[col["Metric Name"]])
+        if label:
+            unit = r[col["Metric Unit"]]
+            k[label] = r[col["Metric Value"]] + ("" if unit in ("%", "register/thread", "") else " " + unit)
+    print(f"profile  {len(kernels)} kernel launches (Nsight Compute):")
+    for kid, k in kernels.items():
+        fields = ", ".join(f"{label} {k[label]}" for label in PROFILE_METRICS.values() if label in k)
+        print(f"  {kid:>3} {k['name'][:64]:<64} grid {k['grid']}: {fields}")
 
 
 def main(argv: list[str]) -> int:
@@ -43,6 +76,9 @@ def main(argv: list[str]) -> int:
             for line in lines:
                 if line.startswith("FAIL"):
                     print(f"  {line[:150]}")
+    profile = out / "profile.log"  # Nsight Compute CSV of bench/profile_cases.py
+    if profile.exists():
+        print_profile(profile.read_text(errors="replace").splitlines())
     groups: dict[str, list] = {}
     for name in ("bench.json", "bench_sampler.json"):  # the sampler benchmarks run as their own stage
         bj = out / name

@@ -1,5 +1,6 @@
-"""What bench/gpu_check.sh relies on, checked where no GPU is: the sanitizer workload runs and can
-fail, the script parses, and argument errors of the CUDA entry points come from host-compiled code."""
+"""What bench/gpu_check.sh relies on, checked where no GPU is: the sanitizer and profiler workloads
+run (and the sanitizer's can fail), the summary digests their logs, the script parses, and argument
+errors of the CUDA entry points come from host-compiled code."""
 
 import importlib.util
 import re
@@ -13,11 +14,15 @@ import radd_fast
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_sanitize_cases():
-    spec = importlib.util.spec_from_file_location("sanitize_cases", ROOT / "bench" / "sanitize_cases.py")
+def load_bench_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_sanitize_cases():
+    return load_bench_script("sanitize_cases")
 
 
 @pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
@@ -37,6 +42,30 @@ def test_sanitize_cases_report_a_wrong_result(monkeypatch, capsys):
     monkeypatch.setattr(S.R, "masked_attention", lambda *a, **k: real(*a, **k) * 1.01)
     assert S.main(["--device", "cpu", "--only", "attention"]) == 1
     assert "FAIL attention" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
+def test_profile_cases_run_small_on_the_cpu(capsys):
+    assert load_bench_script("profile_cases").main(["--small", "--device", "cpu"]) == 0
+    assert "profile cases done" in capsys.readouterr().out
+
+
+def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
+    (tmp_path / "stages.tsv").write_text("memcheck\t0\t21s\nprofile\t0\t12s\n")
+    (tmp_path / "memcheck.log").write_text("========= COMPUTE-SANITIZER\nok   attention a\nFAIL loss b: relative "
+                                           "error inf\n========= ERROR SUMMARY: 0 errors\n")
+    kernel = ("void radd_fast::dce::gpu::gemm_kernel<__nv_bfloat16, true, true, (anonymous namespace)::"
+              "StoreLogits<float>>(radd_fast::dce::gpu::GemmArgs<__nv_bfloat16>, StoreLogits<float>)")
+    head = '"ID","Kernel Name","Grid Size","Section Name","Metric Name","Metric Unit","Metric Value"'
+    rows = [f'"0","{kernel}","(10, 393, 1)","SOL","Duration","us","812.35"',
+            f'"0","{kernel}","(10, 393, 1)","SOL","Compute (SM) Throughput","%","45.1"',
+            f'"0","{kernel}","(10, 393, 1)","Occupancy","Achieved Occupancy","%","22.9"']
+    (tmp_path / "profile.log").write_text("==PROF== Connected\n" + "\n".join([head, *rows]) + "\n")
+    assert load_bench_script("summarize").main(["summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "memcheck  1 cases ok; ERROR SUMMARY: 0 errors" in out and "FAIL loss b" in out
+    assert "gemm_kernel<__nv_bfloat16, true, true, StoreLogits<float>>" in out
+    assert "time 812.35 us, SM % 45.1, occupancy % 22.9" in out
 
 
 def test_gpu_check_script_parses():

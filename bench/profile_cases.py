@@ -1,0 +1,58 @@
+"""One realistic call of each CUDA kernel that measured below its target, for Nsight Compute
+(bench/gpu_check.sh's profile stage): where the time of a slow kernel goes (tensor-pipe and memory
+throughput, occupancy) is what the next change to it needs, and a GPU session is too short to find
+it by trial.
+
+    ncu --csv --section SpeedOfLight --section Occupancy -k regex:'gemm_kernel|mma_kernel' \\
+        python bench/profile_cases.py
+
+Cases: the λ-DCE loss forward + backward (bf16, N 2,560 rows about half masked, D 768, V 50,257:
+the kernels of bench/test_dce_loss.py for one full chunk of 1,280 active rows and one partial
+chunk) and masked attention forward + backward (bf16, B 4, L 1,024, 12 heads, head_dim 64). Runs on
+the CPU too (tests/test_gpu_check.py runs a small version).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import radd_fast
+
+
+def loss_case(device: str, N: int, D: int, V: int) -> None:
+    g = torch.Generator(device=device).manual_seed(0)
+    h = torch.randn(N, D, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+    W = (torch.randn(V + 1, D, device=device, dtype=torch.bfloat16, generator=g) * 0.02).requires_grad_()
+    t = torch.randint(0, V, (N,), device=device, generator=g)
+    w = (torch.rand(N, device=device, generator=g) < 0.5).float()
+    radd_fast.linear_dce_loss(h, W, None, t, w, impl="fused").backward()
+
+
+def attention_case(device: str, B: int, L: int, H: int, D: int) -> None:
+    g = torch.Generator(device=device).manual_seed(1)
+    q, k, v = (torch.randn(B, L, H, D, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+               for _ in range(3))
+    radd_fast.masked_attention(q, k, v, impl="fused").sum().backward()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--small", action="store_true", help="tiny shapes (a smoke test of this script)")
+    args = ap.parse_args(argv)
+    if args.small:
+        loss_case(args.device, 64, 32, 101)
+        attention_case(args.device, 1, 70, 2, 64)
+    else:
+        loss_case(args.device, 2560, 768, 50_257)  # two chunks of 1,280 rows: the first one full
+        attention_case(args.device, 4, 1024, 12, 64)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    print("profile cases done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
