@@ -3,8 +3,8 @@
 # GPU, run the CUDA tests (plus compute-sanitizer memcheck and racecheck on small cases) and the
 # CUDA benchmarks, keep full logs, print a short table last.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: the stage caps add up to 480 s (build 80, info 10, tests 60, crash 30 (only after a
-# crash), bench 80, sampler 90, memcheck 60, racecheck 40, profile 30). On an H200 with 16 cores (2026-11-29)
+# Budget: the stage caps add up to 480 s (build 80, info 10, errors 15, tests 60, crash 30 (only
+# after a crash), bench 80, sampler 90, memcheck 50, racecheck 35, profile 30). On an H200 with 16 cores (2026-11-29)
 # the run took 301 s: build 52 s, tests 37 s, benchmarks 66 s.
 # Results: at most 8 files (machine.txt, stages.tsv, tests.xml, bench.json, bench_sampler.json,
 # logs.tar.gz), the number a device session brings back.
@@ -14,7 +14,7 @@ out=${RADD_FAST_GPU_RESULTS:-./gpu_results}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 # RADD_FAST_STAGES=tests,sampler (say) reruns only those stages after the build.
-want() { [[ ",${RADD_FAST_STAGES:-info,tests,bench,sampler,memcheck,racecheck,profile}," == *",$1,"* ]]; }
+want() { [[ ",${RADD_FAST_STAGES:-info,errors,tests,bench,sampler,memcheck,racecheck,profile}," == *",$1,"* ]]; }
 status() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$out/stages.tsv"; }
 : > "$out/stages.tsv"
 stage() {  # stage NAME TIMEOUT_S CMD...
@@ -38,6 +38,9 @@ par=(); "$py" -c "import xdist" 2>/dev/null && par=(-n "${RADD_FAST_TEST_WORKERS
 tmo() { "$py" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
 if stage build 80 "$py" setup.py build_ext --inplace; then
   want info && stage info 10 "$py" -m radd_fast.info
+  # C++ argument errors of a CPU kernel and of each CUDA entry point must reach Python (one killed a
+  # test worker on 2026-11-29); a crash here names the call that caused it.
+  want errors && stage errors 15 "$py" -X faulthandler bench/error_paths.py
   want tests && stage tests 60 "$py" -m pytest tests -m cuda -q -rfE -p no:cacheprovider "${par[@]}" $(tmo 60) \
     --junitxml="$out/tests.xml"
   # A test that killed its worker (a crash inside C++) is rerun alone under cuda-gdb for a native
@@ -61,9 +64,9 @@ if stage build 80 "$py" setup.py build_ext --inplace; then
   # only ours are instrumented, and torch's launches run at full speed. RADD_FAST_SANITIZE=0 skips.
   if [ -n "$sanitizer" ] && [ "${RADD_FAST_SANITIZE:-1}" = 1 ]; then
     filt=(); "$sanitizer" --help 2>&1 | grep -q -- "--kernel-name" && filt=(--kernel-name kns=radd_fast)
-    want memcheck && stage memcheck 60 "$sanitizer" --tool memcheck --error-exitcode 3 "${filt[@]}" \
+    want memcheck && stage memcheck 50 "$sanitizer" --tool memcheck --error-exitcode 3 "${filt[@]}" \
       "$py" bench/sanitize_cases.py
-    want racecheck && stage racecheck 40 "$sanitizer" --tool racecheck --error-exitcode 3 "${filt[@]}" \
+    want racecheck && stage racecheck 35 "$sanitizer" --tool racecheck --error-exitcode 3 "${filt[@]}" \
       "$py" bench/sanitize_cases.py --only attention,loss,sampler
   else
     status sanitizer skipped "compute-sanitizer not found or RADD_FAST_SANITIZE=0"

@@ -66,6 +66,17 @@ def main(argv: list[str]) -> int:
             bad = case.find("failure") if case.find("failure") is not None else case.find("error")
             if bad is not None:
                 print(f"  FAIL {case.get('classname')}::{case.get('name')}: {(bad.get('message') or '')[:150]}")
+    errors = out / "errors.log"  # bench/error_paths.py
+    if errors.exists():
+        lines = errors.read_text(errors="replace").splitlines()
+        verdict = next((line for line in lines if line.startswith("error paths:")), None)
+        if verdict is None:  # the process died: the last call announced is the one
+            last = next((line for line in reversed(lines) if line.startswith("calling ")), "no call announced")
+            verdict = f"error paths: process died during '{last.removeprefix('calling ').removesuffix(' ...')}'"
+        print(verdict)
+        for line in lines:
+            if "DID NOT RAISE" in line:
+                print(f"  {line.strip()}")
     for tool in ("memcheck", "racecheck"):  # bench/sanitize_cases.py under compute-sanitizer
         log = out / f"{tool}.log"
         if log.exists():

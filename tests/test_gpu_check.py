@@ -61,11 +61,20 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
             f'"0","{kernel}","(10, 393, 1)","SOL","Compute (SM) Throughput","%","45.1"',
             f'"0","{kernel}","(10, 393, 1)","Occupancy","Achieved Occupancy","%","22.9"']
     (tmp_path / "profile.log").write_text("==PROF== Connected\n" + "\n".join([head, *rows]) + "\n")
+    (tmp_path / "errors.log").write_text("calling cpu rotary: x ...\n  raised ValueError: y\n"
+                                         "calling cuda attention: head_dim 48 ...\nFatal Python error: Segmentation fault\n")
     assert load_bench_script("summarize").main(["summarize", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "memcheck  1 cases ok; ERROR SUMMARY: 0 errors" in out and "FAIL loss b" in out
     assert "gemm_kernel<__nv_bfloat16, true, true, StoreLogits<float>>" in out
     assert "time 812.35 us, SM % 45.1, occupancy % 22.9" in out
+    assert "error paths: process died during 'cuda attention: head_dim 48'" in out
+
+
+@pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
+def test_error_paths_raise_on_the_cpu(capsys):
+    assert load_bench_script("error_paths").main() == 0
+    assert "error paths: all raised" in capsys.readouterr().out
 
 
 def test_gpu_check_script_parses():
