@@ -30,6 +30,11 @@ stage() {  # stage NAME TIMEOUT_S CMD...
 { date -u +%FT%TZ; echo "${RADD_FAST_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "no git")}"; nvidia-smi -L 2>&1; } > "$out/machine.txt"
 sanitizer=$(command -v compute-sanitizer || true)
 echo "compute-sanitizer: ${sanitizer:-not found}" >> "$out/machine.txt"
+# The toolchain the extension is built with, and the C++ runtime the process loads (a mismatch breaks
+# C++ exceptions first): the first diagnosis of a crash on an error path.
+{ echo "CC=${CC:-} CXX=${CXX:-}: $("${CXX:-c++}" --version 2>&1 | head -1)"; "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>&1 | tail -1
+  "$py" -c "import torch; print('loaded:', *sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l or 'libgcc_s' in l}))" 2>&1
+} >> "$out/machine.txt"
 
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 # Optional plugins where the machine has them: parallel test workers (the CUDA tests are many and
