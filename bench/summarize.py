@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     if profile.exists():
         print_profile(profile.read_text(errors="replace").splitlines())
     groups: dict[str, list] = {}
-    for name in ("bench.json", "bench_sampler.json"):  # the sampler benchmarks run as their own stage
+    for name in ("bench.json", "bench_sampler.json", "bench_compile.json"):  # stages of their own
         bj = out / name
         if bj.exists():
             for b in json.loads(bj.read_text())["benchmarks"]:

@@ -1,6 +1,7 @@
 """One training step (forward, backward, AdamW) of the RADD model with the lambda-DCE loss:
-fused ops (impl="fused") vs the pure-PyTorch reference path (impl="reference"), same model, batch
-and masks. Rate: tokens/s (sequence positions per second, masked or not)."""
+fused ops (impl="fused"), the same with its blocks under torch.compile ("fused+compile"), and the
+pure-PyTorch reference path (impl="reference"); same model, batch and masks. Rate: tokens/s
+(sequence positions per second, masked or not)."""
 
 import pytest
 import torch
@@ -17,9 +18,21 @@ CASES = {
 
 
 def test_train_step(bench, device, impl):
+    run_step(bench, device, impl)
+
+
+def test_train_step_compiled(bench, device):
+    # The fused model with every block under torch.compile (train(compile=True), --compile): the
+    # LayerNorm / GELU / residual work around the matmuls fused. Compiled in the warm-up call.
+    run_step(bench, device, "fused", compile_blocks=True)
+
+
+def run_step(bench, device, impl, compile_blocks=False):
     case = CASES[device.type]
     torch.manual_seed(0)
     model = RADD(preset(case["preset"]), impl=impl).to(device)
+    if compile_blocks:
+        model.compile_blocks()
     with torch.no_grad():  # the zero-initialised output layer would make every step alike
         model.output_layer.linear.weight.normal_(std=0.02)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as radd_fast.train uses
@@ -35,6 +48,7 @@ def test_train_step(bench, device, impl):
         opt.step()
 
     n_tokens = x0.numel()
-    bench(step, group=f"train step {case['preset']} {device.type}", impl=impl, device=device,
+    bench(step, group=f"train step {case['preset']} {device.type}", impl=impl + ("+compile" if compile_blocks else ""),
+          device=device,
           dtype=case["dtype"] or torch.float32, shape=x0.shape, per_s={"tokens": n_tokens},
           params=model.num_parameters())

@@ -232,6 +232,16 @@ class RADD(nn.Module):
             return h
         return torch.log_softmax(self.logits(h).float() if h.dtype != torch.float64 else self.logits(h), dim=-1)
 
+    def compile_blocks(self, **kwargs) -> "RADD":
+        """torch.compile each transformer block in place (regional compilation: the blocks share
+        their code, so compiling them is about as quick as compiling one). Fuses the LayerNorms,
+        GELU, dropout and residual adds around the matmuls; the fused ops stay single nodes of the
+        graph (fake kernels, no graph breaks). State-dict keys are unchanged. kwargs go to
+        torch.compile (e.g. mode="max-autotune")."""
+        for block in self.blocks:
+            block.compile(**kwargs)
+        return self
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

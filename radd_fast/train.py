@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     impl: str = "auto"
+    compile: bool = False  # torch.compile each transformer block (RADD.compile_blocks)
     resume: bool = False
     progress: bool = True
     max_bad_steps: int = 10
@@ -245,6 +246,8 @@ def train(cfg: TrainConfig) -> dict:
         raise FileExistsError(f"{out} holds a previous run (checkpoints/ or metrics.jsonl): pass resume=True "
                               "(--resume) to continue it, or choose another out_dir")
 
+    if cfg.compile:
+        model.compile_blocks()  # compiles at the first step; weights and state-dict keys untouched
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if distributed else None
     lossable = _ThroughDDP(net) if net is not None else model

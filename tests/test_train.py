@@ -65,6 +65,21 @@ def test_resume_is_bit_identical(tmp_path):
         assert torch.equal(full["ema"][k], resumed["ema"][k]), k
 
 
+def test_compiled_blocks_train_like_eager(tmp_path):
+    # --compile: torch.compile of every block (inductor on the CPU). Without dropout both runs
+    # compute the same function: the losses agree to fp32 rounding and the weights stay close.
+    kw = dict(model_overrides={**TINY, "dropout": 0.0}, steps=4, eval_every=10, save_every=10)
+    eager = train(cfg(tmp_path, "eager", **kw))
+    compiled = train(cfg(tmp_path, "compiled", compile=True, **kw))
+    a, b = [r["loss"] for r in metrics(eager["metrics"])], [r["loss"] for r in metrics(compiled["metrics"])]
+    assert all(getattr(blk, "_compiled_call_impl", None) is not None for blk in compiled["model"].blocks)
+    assert not any(getattr(blk, "_compiled_call_impl", None) for blk in eager["model"].blocks)
+    assert len(b) == 4 and a == pytest.approx(b, rel=1e-4)  # compiled code may round differently
+    assert set(compiled["model"].state_dict()) == set(eager["model"].state_dict())
+    for (k, p), q in zip(eager["model"].state_dict().items(), compiled["model"].state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=k)
+
+
 def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     out = tmp_path / "verdict.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
