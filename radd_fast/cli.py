@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 
@@ -109,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        code = _run(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"radd-fast {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        code = 1
+    if args.command == "train" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        from .train import exit_process
+
+        exit_process(code)  # gloo/NCCL threads may otherwise abort interpreter shutdown (see there)
+    return code
 
 
 def _run(args) -> int:

@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from radd_fast.train import TrainConfig, train
+from radd_fast.train import TrainConfig, exit_process, train
 
 out_file, run_dir, cache = sys.argv[1], sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo")  # ours, so train() leaves it up for the check below
@@ -26,3 +26,4 @@ if dist.get_rank() == 0:
         json.dump({"digests": digests, "world": dist.get_world_size(), "step": res["step"]}, f)
 dist.barrier()
 dist.destroy_process_group()
+exit_process(0)  # as `radd-fast train` does after DDP: see exit_process
