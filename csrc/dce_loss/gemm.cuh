@@ -20,7 +20,8 @@
 #include <type_traits>
 
 // RADD_GEMM_HOST_EMULATION: compiled by a host compiler on top of csrc/tests/gpu_emulation.h, which
-// runs a block's threads as CPU threads (csrc/tests/test_gemm.cpp tests the fp32/fp64 kernels so).
+// runs a block's threads as CPU threads and emulates WMMA (csrc/tests/test_gemm.cpp tests the
+// bf16, fp32 and fp64 kernels so).
 #ifndef RADD_GEMM_HOST_EMULATION
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,8 +30,8 @@
 #include "common/async_copy.cuh"
 #endif
 
-// WMMA bf16 needs sm_80; the host pass sees all of mma.h.
-#if !defined(RADD_GEMM_HOST_EMULATION) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
+// WMMA bf16 needs sm_80; the host pass sees all of mma.h; the emulation provides its own.
+#if defined(RADD_GEMM_HOST_EMULATION) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define RADD_DCE_WMMA 1
 #else
 #define RADD_DCE_WMMA 0

@@ -1,10 +1,14 @@
 // Just enough of CUDA to run a kernel written for csrc/dce_loss/gemm.cuh on the CPU: a block's
 // threads are CPU threads (threadIdx and friends thread-local), __syncthreads is a barrier, and
 // cp.async copies are deferred until the cp.async.wait that covers their group -- so a pipeline that
-// reads a buffer before waiting for it reads stale bytes, as it would on a GPU. Tensor-core code is
-// not emulated (the GEMM's fp32/fp64 engine is).
+// reads a buffer before waiting for it reads stale bytes, as it would on a GPU. __syncwarp is a
+// barrier of the warp's 32 threads. nvcuda::wmma (16 x 16 x 16, fp32 accumulators) is emulated with
+// each lane holding 8 accumulator elements (in mma.sync's m16n8 layout, twice), and a lane's
+// store_matrix_sync writes land only at its next __syncwarp / __syncthreads, so a warp that reads
+// the stored tile without one reads stale values. EmuBf16 stands for __nv_bfloat16.
 #pragma once
 
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -12,6 +16,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #define RADD_GEMM_HOST_EMULATION 1
@@ -41,11 +46,19 @@ struct Copy {
 
 struct ThreadState {
   std::barrier<>* barrier = nullptr;
+  std::barrier<>* warp_barrier = nullptr;
   unsigned char* smem = nullptr;
   std::vector<Copy> open;                 // issued since the last commit
   std::vector<std::vector<Copy>> groups;  // committed, oldest first, not yet landed
+  std::vector<std::pair<float*, float>> stores;  // wmma stores, landing at the next barrier
 };
+
 inline thread_local ThreadState state;
+
+inline void land_stores() {
+  for (const auto& [p, v] : state.stores) *p = v;
+  state.stores.clear();
+}
 
 // Runs kernel() for every thread of every block of the grid, one block at a time, with `smem_bytes`
 // of dynamic shared memory per block filled with 0xCD (so a tile entry nobody wrote shows up).
@@ -58,6 +71,9 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
         unsigned char* base = smem.get() + (128 - reinterpret_cast<uintptr_t>(smem.get()) % 128) % 128;
         std::memset(base, 0xCD, smem_bytes);
         std::barrier<> bar(threads);
+        std::vector<std::unique_ptr<std::barrier<>>> warps;
+        for (unsigned w = 0; w < (threads + 31) / 32; ++w)
+          warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - 32 * w)));
         std::vector<std::thread> pool;
         for (unsigned t = 0; t < threads; ++t)
           pool.emplace_back([&, t] {
@@ -65,10 +81,10 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
             blockIdx = {x, y, z};
             blockDim = {threads, 1, 1};
             gridDim = grid;
-            state = ThreadState{&bar, base, {}, {}};
+            state = ThreadState{&bar, warps[t / 32].get(), base, {}, {}, {}};
             kernel();
             // A thread that exits with copies in flight would be a kernel bug: none may remain.
-            if (!state.open.empty() || !state.groups.empty()) std::abort();
+            if (!state.open.empty() || !state.groups.empty() || !state.stores.empty()) std::abort();
           });
         for (auto& th : pool) th.join();
       }
@@ -76,7 +92,95 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
 
 }  // namespace radd_fast::emu
 
-inline void __syncthreads() { radd_fast::emu::state.barrier->arrive_and_wait(); }
+inline void __syncthreads() {
+  radd_fast::emu::land_stores();
+  radd_fast::emu::state.barrier->arrive_and_wait();
+}
+inline void __syncwarp() {
+  radd_fast::emu::land_stores();
+  radd_fast::emu::state.warp_barrier->arrive_and_wait();
+}
+
+// bfloat16 as the GPU stores it: the high half of a float, rounded to nearest even from float.
+struct EmuBf16 {
+  uint16_t bits = 0;
+  EmuBf16() = default;
+  EmuBf16(double x) {  // NOLINT: implicit, as __nv_bfloat16 converts
+    const float f = float(x);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    bits = uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);  // finite inputs only (tests)
+  }
+  operator float() const {  // NOLINT
+    const uint32_t u = uint32_t(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+};
+
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+inline int lane() { return int(threadIdx.x) % 32; }
+// Accumulator element i (< 8) of this lane: (row, col) of the 16 x 16 tile, as two m16n8 tiles of
+// mma.sync (row lane / 4 or + 8, columns 2 (lane % 4) + {0, 1}, in the left or right half).
+inline int acc_row(int i) { return lane() / 4 + 8 * ((i % 4) / 2); }
+inline int acc_col(int i) { return 8 * (i / 4) + 2 * (lane() % 4) + i % 2; }
+
+// Operand fragments: every lane holds the whole 16 x 16 tile, as element (r, c) of the product's
+// row-major view (A: r = m, c = k; B: r = k, c = n). Accumulators: 8 elements per lane.
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  float x[16 * 16];
+};
+template <int M, int N, int K>
+struct fragment<accumulator, M, N, K, float, void> {
+  static_assert(M == 16 && N == 16 && K == 16, "only 16 x 16 x 16 is emulated");
+  float x[8];  // (acc_row(i), acc_col(i))
+};
+
+template <int M, int N, int K>
+inline void fill_fragment(fragment<accumulator, M, N, K, float>& f, float v) {
+  for (float& e : f.x) e = v;
+}
+
+// Element (r, c) of the product view is at ptr[r * ld + c] for row_major, ptr[c * ld + r] for col_major.
+template <class Use, int M, int N, int K, class T, class Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* ptr, unsigned ld) {
+  static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>, "layout");
+  if (reinterpret_cast<uintptr_t>(ptr) % 32 != 0 || ld % 8 != 0) std::abort();  // CUDA's requirements
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c)
+      f.x[r * 16 + c] = float(std::is_same_v<Layout, row_major> ? ptr[r * ld + c] : ptr[c * ld + r]);
+}
+
+template <int M, int N, int K, class T, class LA, class LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+  float out[8];
+  for (int i = 0; i < 8; ++i) {
+    const int r = acc_row(i), col = acc_col(i);
+    float s = c.x[i];
+    for (int k = 0; k < 16; ++k) s = std::fma(a.x[r * 16 + k], b.x[k * 16 + col], s);
+    out[i] = s;
+  }
+  std::memcpy(d.x, out, sizeof out);
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* ptr, const fragment<accumulator, M, N, K, float>& f, unsigned ld, layout_t layout) {
+  for (int i = 0; i < 8; ++i) {
+    const int r = acc_row(i), c = acc_col(i);
+    radd_fast::emu::state.stores.emplace_back(ptr + (layout == mem_row_major ? r * ld + c : c * ld + r), f.x[i]);
+  }
+}
+}  // namespace nvcuda::wmma
 
 namespace radd_fast::gpu {
 inline void cp_async_16(void* dst, const void* src, bool pred) {
