@@ -1,5 +1,7 @@
 """One training step (forward, backward, AdamW) of the RADD model with the lambda-DCE loss:
-fused ops (impl="fused"), the same with its blocks under torch.compile ("fused+compile"), and the
+fused ops (impl="fused"), what `radd-fast train` runs by default (impl="auto": the fused ops, but on
+CUDA torch's SDPA for the unmasked attention, radd_fast.functional.sdpa_is_faster; on the CPU the
+same as "fused"), the fused model with its blocks under torch.compile ("fused+compile"), and the
 pure-PyTorch reference path (impl="reference"); same model, batch and masks. Rate: tokens/s
 (sequence positions per second, masked or not)."""
 
@@ -17,6 +19,7 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused", "auto"])
 def test_train_step(bench, device, impl):
     run_step(bench, device, impl)
 

@@ -420,3 +420,54 @@ def test_cuda_rejects_unsupported_head_dim(device):
         torch.ops.radd_fast.masked_attention_fwd(q, q, q, None, None, False, 1.0)
     # impl="auto" falls back to the reference for such head dims
     torch.testing.assert_close(radd_fast.masked_attention(q, q, q), R.masked_attention(q, q, q))
+
+
+# ------------------------------------------------------------------------- impl="auto" on CUDA
+def _like(device, dtype, D):
+    """Stands for q in sdpa_is_faster, which reads only device, dtype and shape (no GPU needed)."""
+    import types
+
+    return types.SimpleNamespace(device=torch.device(device), dtype=dtype, shape=(2, 8, 3, D))
+
+
+@pytest.mark.parametrize("device_type,dtype,D,masked,expected", [
+    ("cuda", torch.bfloat16, 64, False, True),
+    ("cuda", torch.float16, 128, False, True),
+    ("cuda", torch.bfloat16, 32, False, False),   # not measured: ours
+    ("cuda", torch.float32, 64, False, False),    # fp32: ours (SDPA would take its math path)
+    ("cuda", torch.bfloat16, 64, True, False),    # any mask: ours
+    ("cpu", torch.bfloat16, 64, False, False),    # CPU: ours is the faster
+])
+def test_auto_routes_only_measured_faster_case_to_sdpa(device_type, dtype, D, masked, expected):
+    q = _like(device_type, dtype, D)
+    pad = torch.ones(2, 8, dtype=torch.bool) if masked else None
+    assert radd_fast.functional.sdpa_is_faster(q, pad, None) is expected
+    if masked:
+        assert radd_fast.functional.sdpa_is_faster(q, None, torch.zeros(2, 8, dtype=torch.long)) is False
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+def test_cuda_auto_bidirectional_goes_through_sdpa(device, monkeypatch):
+    # impl="auto" with no mask in bf16 calls SDPA once, and its output and gradients are within 2x of
+    # torch's own bf16 error against float64 (they are torch's); fp32 inputs under autocast too.
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    B, L, H, D = 2, 257, 4, 64
+    q, k, v = qkv(B, L, H, D, torch.bfloat16, device, requires_grad=True)
+    out = radd_fast.masked_attention(q, k, v, scale=0.1)
+    assert len(calls) == 1 and out.shape == q.shape and out.dtype == torch.bfloat16
+    g = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    truth = R.masked_attention(qd, kd, vd, scale=0.1)
+    truth.backward(g.double())
+    for got, want in ((out, truth), (dq, qd.grad), (dk, kd.grad), (dv, vd.grad)):
+        assert ((got.double() - want).norm() / want.norm()).item() < 2e-2
+    qf, kf, vf = (t.detach().float() for t in (q, k, v))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        radd_fast.masked_attention(qf, kf, vf)
+    assert len(calls) == 2
+    radd_fast.masked_attention(q, k, v, impl="fused")  # "fused" is always our kernel
+    radd_fast.masked_attention(q, k, v, order=make_order("causal", B, L, device))  # masked: ours
+    assert len(calls) == 2
