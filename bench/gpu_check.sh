@@ -3,8 +3,8 @@
 # GPU, check its error paths, run the CUDA tests and benchmarks, compute-sanitizer memcheck and
 # racecheck and an Nsight Compute profile on small workloads, keep full logs, print a short table.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: the stage caps add up to 540 s (build 80, info 10, errors 15, tests 60, crash 30 (only
-# after a crash), bench 80, sampler 90, memcheck 50, racecheck 35, profile 30, compile 60). On an
+# Budget: the stage caps add up to 540 s (build 80, info 10, errors 15, tests 60, crash 20 (only
+# after a crash), bench 90, sampler 90, memcheck 50, racecheck 35, profile 30, compile 60). On an
 # H200 with 16 cores (2026-11-29) the stages then in it took 301 s: build 52 s, tests 37 s,
 # benchmarks 66 s, sampler 79 s, memcheck 40 s (cut short), racecheck 21 s.
 # Results: 8 files (machine.txt, stages.tsv, tests.xml, bench.json, bench_sampler.json,
@@ -53,10 +53,10 @@ if stage build 80 "$py" setup.py build_ext --inplace; then
   # backtrace: the run that found one (head_dim 48 error path, 2026-11-29) had no other clue.
   crashed=$(grep -o "crashed while running '[^']*'" "$out/tests.log" 2>/dev/null | cut -d"'" -f2 | head -2)
   if [ -n "$crashed" ] && command -v cuda-gdb >/dev/null; then
-    stage crash 30 bash -c 'for t in "$@"; do echo "== $t"; cuda-gdb -batch -ex run -ex bt --args "'"$py"'" -m pytest -q \
+    stage crash 20 bash -c 'for t in "$@"; do echo "== $t"; cuda-gdb -batch -ex run -ex bt --args "'"$py"'" -m pytest -q \
       -p no:cacheprovider "$t" 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tail -40; done' _ $crashed
   fi
-  want bench && stage bench 80 "$py" -m pytest bench -m cuda -q -p no:cacheprovider $(tmo 40) --benchmark-json="$out/bench.json" \
+  want bench && stage bench 90 "$py" -m pytest bench -m cuda -q -p no:cacheprovider $(tmo 40) --benchmark-json="$out/bench.json" \
     --benchmark-max-time=0.3 --benchmark-min-rounds=3 --ignore=bench/test_sampler.py \
     --deselect "bench/test_train_step.py::test_train_step_compiled[cuda]"
   # Each sampler configuration is timed once; the new sampler first, so a slow reference run costs

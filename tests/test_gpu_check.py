@@ -91,3 +91,16 @@ def test_cuda_argument_errors_are_raised_by_host_compiled_code():
         assert "TORCH_LIBRARY_IMPL" not in text, cu
         assert not re.search(r"TORCH_CHECK_(VALUE|TYPE)|\bcheck_(args|dtype|dim|device_type|defined)\(", text), cu
         assert "TORCH_LIBRARY_IMPL(radd_fast, CUDA" in (cu.parent / "cuda_api.cpp").read_text(), cu
+
+
+def test_stage_caps_fit_the_device_budget():
+    # A device session has 15 minutes in all (start-up included), one command at most 10: the stage
+    # caps must add up to what the header says, and leave room under a 580 s command limit.
+    text = (ROOT / "bench" / "gpu_check.sh").read_text()
+    caps = {name: int(s) for name, s in re.findall(r"\bstage (\w+) (\d+) ", text)}
+    assert {"build", "tests", "bench", "memcheck"} <= set(caps), caps
+    header = re.search(r"stage caps add up to (\d+) s \(([^)]*\([^)]*\)[^)]*)\)", text)
+    assert header, "budget line missing from the header"
+    listed = {n: int(v) for n, v in re.findall(r"(\w+) (\d+)", header.group(2))}
+    assert listed == caps, (listed, caps)
+    assert sum(caps.values()) == int(header.group(1)) <= 540
