@@ -110,3 +110,12 @@ def test_bad_runtime_config(tmp_path):
         train(cfg(tmp_path, "nodata", data=str(tmp_path / "missing.txt")))
     with pytest.raises(ValueError, match="unknown model preset"):
         train(cfg(tmp_path, "nopreset", model="giant"))
+
+
+def test_exit_process_flushes_and_keeps_the_exit_code():
+    # What `radd-fast train` ends with under torchrun: buffered output must not be lost by os._exit.
+    code = ("import sys; from radd_fast.train import exit_process; print('to stdout', end=''); "
+            "print('to stderr', end='', file=sys.stderr); exit_process(3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONUNBUFFERED=""))
+    assert (r.returncode, r.stdout, r.stderr) == (3, "to stdout", "to stderr")
