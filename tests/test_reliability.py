@@ -1,6 +1,7 @@
 """Faults: SIGKILL at random moments (also mid-checkpoint) and resume, damaged checkpoints,
 non-finite steps. Training runs in subprocesses exactly as a user starts it."""
 
+import contextlib
 import json
 import os
 import pickle
@@ -37,8 +38,45 @@ def start(cmd, fault_sleep=None):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if fault_sleep:
         env["RADD_FAST_FAULT_CHECKPOINT_SLEEP"] = str(fault_sleep)
-    # its own process group, so a kill reaches torchrun's workers too
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _proc_stat(pid):
+    """(state, parent pid) of a process from /proc, or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def crash(p):
+    """SIGKILL p and every process below it, as a machine crash would, and return once all are dead.
+
+    torchrun starts each worker in a session of its own, so killing torchrun's process group leaves
+    the workers running: they went on for a step or two (one renamed a checkpoint folder while this
+    test read it) and then hung in gloo, orphaned, for its 30-minute timeout. The parent is stopped
+    first, so it starts no process while the tree is walked."""
+    os.kill(p.pid, signal.SIGSTOP)
+    tree, todo = [p.pid], [p.pid]
+    while todo:
+        parent = todo.pop()
+        for d in Path("/proc").iterdir():
+            st = _proc_stat(d.name) if d.name.isdigit() else None
+            if st and st[1] == parent:
+                os.kill(int(d.name), signal.SIGSTOP)
+                tree.append(int(d.name))
+                todo.append(int(d.name))
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 60
+    for pid in tree[1:]:  # orphans: dead once gone or a zombie
+        while (st := _proc_stat(pid)) is not None and st[0] != "Z":
+            assert time.time() < deadline, f"process {pid} survived SIGKILL"
+            time.sleep(0.01)
+    return len(tree)
 
 
 def records(run):
@@ -81,8 +119,9 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, nproc):
             out, err = p.communicate()
             assert p.returncode == 0, err.decode()[-2000:]
             break
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+        killed = crash(p)
+        # torchrun and its workers (unless they had just finished the last step)
+        assert killed == (1 if nproc == 1 else 1 + nproc) or len(records(run)) == steps, killed
         kills += 1
         tmp_ckpts = [t for t in temporaries(run) if t.parent.name == "checkpoints"]
         mid_write += bool(tmp_ckpts)
