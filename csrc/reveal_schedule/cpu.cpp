@@ -18,9 +18,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> reveal_schedule_cpu(
     const at::Tensor& masked, const at::Tensor& cdf, int64_t seed, int64_t offset) {
   const char* op = "reveal_schedule";
-  check_args(masked, cdf, op);
+  check_args(masked, cdf, offset, op);
   check_device_type(masked, c10::DeviceType::CPU, op, "masked");
-  TORCH_CHECK_VALUE(offset >= 0, "radd_fast.", op, ": 'offset' must be >= 0, got ", offset);
   const int64_t B = masked.size(0), L = masked.size(1), R = num_rounds(cdf.size(0), L);
   const int32_t n = int32_t(cdf.size(0));
   const int64_t W = (int64_t(n) + 31) / 32;  // bitmap words per sequence

@@ -15,9 +15,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> reveal_schedule_cuda(
     const at::Tensor& masked, const at::Tensor& cdf, int64_t seed, int64_t offset) {
   const char* op = "reveal_schedule";
-  check_args(masked, cdf, op);
+  check_args(masked, cdf, offset, op);
   check_device_type(masked, c10::DeviceType::CUDA, op, "masked");
-  TORCH_CHECK_VALUE(offset >= 0, "radd_fast.", op, ": 'offset' must be >= 0, got ", offset);
   const c10::cuda::CUDAGuard guard(masked.device());
   return cuda_reveal_schedule(masked, cdf, seed, offset);
 }

@@ -60,7 +60,7 @@ constexpr int64_t kUnmaskedKey = std::numeric_limits<int64_t>::max();
 
 inline int64_t num_rounds(int64_t n, int64_t L) { return n < L ? n : L; }
 
-inline void check_args(const at::Tensor& masked, const at::Tensor& cdf, const char* op) {
+inline void check_args(const at::Tensor& masked, const at::Tensor& cdf, int64_t offset, const char* op) {
   check_defined(masked, op, "masked");
   check_defined(cdf, op, "step_cdf");
   check_dim(masked, 2, op, "masked", "(batch, length)");
@@ -77,6 +77,7 @@ inline void check_args(const at::Tensor& masked, const at::Tensor& cdf, const ch
   const double keys = double(num_rounds(n, L) + 1) * double(B) * double(L);
   TORCH_CHECK_VALUE(keys < 0x1p62, "radd_fast.", op, ": batch ", B, " x length ", L,
                     " is too large for the schedule's int64 sort keys");
+  TORCH_CHECK_VALUE(offset >= 0, "radd_fast.", op, ": 'offset' must be >= 0, got ", offset);
 }
 
 // CUDA launcher (cuda.cu), called only by the entry point in cuda_api.cpp (host compiler) after
