@@ -166,9 +166,10 @@ def make_extension():
     define_macros = []
     include_dirs = [os.path.join(HERE, "csrc")]
     srcs = sources("csrc/**/*.cpp")
-    # C++ unit tests are built by CMake only; cuda_api.cpp (each op's checked CUDA entry points,
-    # compiled by the host compiler) only in a CUDA build.
-    srcs = [s for s in srcs if not s.startswith(os.path.join("csrc", "tests")) and not s.endswith("cuda_api.cpp")]
+    # C++ unit tests are built by CMake only; cuda_*.cpp (each op's checked CUDA entry points and
+    # other host code that launches CUDA kernels, compiled by the host compiler) only in a CUDA build.
+    srcs = [s for s in srcs if not s.startswith(os.path.join("csrc", "tests"))
+            and not os.path.basename(s).startswith("cuda_")]
 
     arch_list = None
     if with_cuda:
@@ -178,7 +179,7 @@ def make_extension():
             arch_list = None if torch.cuda.is_available() else "8.0;9.0a"
             if arch_list:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
-        srcs += sources("csrc/**/cuda_api.cpp") + sources("csrc/**/*.cu")
+        srcs += sources("csrc/**/cuda_*.cpp") + sources("csrc/**/*.cu")
         include_dirs += nvidia_wheel_includes()
         define_macros.append(("RADD_FAST_WITH_CUDA", "1"))
         nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr",

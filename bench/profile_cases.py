@@ -3,12 +3,13 @@
 throughput, occupancy) is what the next change to it needs, and a GPU session is too short to find
 it by trial.
 
-    ncu --csv --section SpeedOfLight --section Occupancy -k regex:'gemm_kernel|mma_kernel' \\
+    ncu --csv --section SpeedOfLight --section Occupancy -k regex:'gemm_kernel|device_kernel|softmax_rows|mma_kernel' \\
         python bench/profile_cases.py
 
 Cases: the λ-DCE loss forward + backward (bf16, N 2,560 rows about half masked, D 768, V 50,257:
-the kernels of bench/test_dce_loss.py for one full chunk of 1,280 active rows and one partial
-chunk) and masked attention forward + backward (bf16, B 4, L 1,024, 12 heads, head_dim 64). Runs on
+the kernels of bench/test_dce_loss.py on one partly filled chunk of 2,560 rows with the grouped
+engine (CUTLASS kernels, "device_kernel"), or one full chunk of 1,280 and one partial chunk with
+RADD_FAST_DCE_ENGINE=tiles) and masked attention forward + backward (bf16, B 4, L 1,024, 12 heads, head_dim 64). Runs on
 the CPU too (tests/test_gpu_check.py runs a small version).
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
         loss_case(args.device, 64, 32, 101)
         attention_case(args.device, 1, 70, 2, 64)
     else:
-        loss_case(args.device, 2560, 768, 50_257)  # two chunks of 1,280 rows: the first one full
+        loss_case(args.device, 2560, 768, 50_257)  # grouped: one chunk, ~half active; tiles: 1,280 + partial
         attention_case(args.device, 4, 1024, 12, 64)
     if args.device == "cuda":
         torch.cuda.synchronize()

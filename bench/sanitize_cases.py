@@ -50,7 +50,7 @@ def attention(device, dtype, D, masked):
     return max(rel(a, b) for a, b in zip((out, *grads), (want, *want_grads)))
 
 
-def loss(device, dtype, chunk_rows):
+def loss(device, dtype, chunk_rows, engine="auto"):
     g = torch.Generator().manual_seed(chunk_rows)
     N, D, C = 150, 24, 301  # num_classes = 300: the mask column is never a class
     h = torch.randn(N, D, generator=g, dtype=torch.float64)
@@ -60,12 +60,13 @@ def loss(device, dtype, chunk_rows):
     w = torch.rand(N, generator=g, dtype=torch.float64) * (torch.rand(N, generator=g) < 0.5)
     up = torch.rand(N, generator=g, dtype=torch.float64)
     os.environ["RADD_FAST_DCE_CHUNK_ROWS"] = str(chunk_rows)  # chunk edges and chunks past the count
+    os.environ["RADD_FAST_DCE_ENGINE"] = engine  # CUDA: "auto" is the grouped engine for bf16 on sm_90
     try:
         dev = [x.to(device, dtype).requires_grad_() for x in (h, W, b)]
         rows = radd_fast.linear_dce_loss(*dev, t.to(device), w.to(device, dtype), reduction="none", impl="fused")
         grads = torch.autograd.grad(rows, dev, up.to(device, rows.dtype))
     finally:
-        del os.environ["RADD_FAST_DCE_CHUNK_ROWS"]
+        del os.environ["RADD_FAST_DCE_CHUNK_ROWS"], os.environ["RADD_FAST_DCE_ENGINE"]
     ref = [x.to(dtype).double().requires_grad_() for x in (h, W, b)]
     want = R.linear_dce_loss(*ref, t, w.to(dtype).double(), C - 1, "none")
     want_grads = torch.autograd.grad(want, ref, up)
@@ -127,9 +128,9 @@ def cases(device: str):
         for D, masked in ((32, True), (64, True), (128, False)):
             yield f"attention {dt} D {D} {'masked' if masked else 'plain'}", dt, lambda dt=dt, D=D, m=masked: attention(
                 device, dt, D, m)
-    for dt in (bf16, torch.float32):
+    for dt, engine in ((bf16, "auto"), (bf16, "tiles"), (torch.float32, "auto")):
         for chunk in (16, 1024):
-            yield f"loss {dt} chunk {chunk}", dt, lambda dt=dt, c=chunk: loss(device, dt, c)
+            yield f"loss {dt} {engine} chunk {chunk}", dt, lambda dt=dt, c=chunk, e=engine: loss(device, dt, c, e)
     for dt in (bf16, torch.float32):
         for inplace in (False, True):
             yield f"rotary {dt} {'in place' if inplace else 'out of place'}", dt, lambda dt=dt, i=inplace: rotary(

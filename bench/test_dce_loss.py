@@ -40,6 +40,10 @@ CASES = [
     pytest.param("cuda", 64 * 1024, torch.bfloat16, id="cuda-bf16-N65536", marks=_cuda),
 ]
 IMPLS = ["reference", "compiled", "fused"]
+# On CUDA, "fused" runs the engine the kernel picks (RADD_FAST_DCE_ENGINE=auto: torch's grouped GEMM
+# for bf16 on compute capability 9.x / 10.x); "fused-tiles" forces our own tiled GEMM, side by side.
+PARAMS = [pytest.param(*c.values, impl, id=f"{c.id}-{impl}", marks=c.marks)
+          for c in CASES for impl in IMPLS + (["fused-tiles"] if c.values[0] == "cuda" else [])]
 
 
 def naive_loss(h, W, b, t, w):
@@ -70,14 +74,14 @@ def make(N, device, dtype, seed=0):
     return h, W, b, t, w
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("device, N, dtype", CASES)
-def test_linear_dce_loss_forward_backward(bench, device, N, dtype, impl):
+@pytest.mark.parametrize("device, N, dtype, impl", PARAMS)
+def test_linear_dce_loss_forward_backward(bench, monkeypatch, device, N, dtype, impl):
     device = torch.device(device)
     h, W, b, t, w = make(N, device, dtype)
     M = int((w != 0).sum())
 
-    if impl == "fused":
+    if impl.startswith("fused"):
+        monkeypatch.setenv("RADD_FAST_DCE_ENGINE", "tiles" if impl == "fused-tiles" else "auto")
         loss_fn = lambda: radd_fast.linear_dce_loss(h, W, b, t, w, V, impl="fused")
     elif impl == "reference":
         loss_fn = lambda: naive_loss(h, W, b, t, w)

@@ -311,6 +311,84 @@ def test_cuda_no_host_synchronisation(device):
         torch.cuda.set_sync_debug_mode("default")
 
 
+# The CUDA kernel has two engines for its matmuls (csrc/dce_loss/cuda_api.cpp): "tiles" (ours, every
+# dtype) and "grouped" (torch's grouped GEMM; bf16 on compute capability 9.x / 10.x, the default
+# there). Both are tested in bf16 on the float64 oracle, within 2x torch's own bf16 error, over odd
+# class counts, a class count below C, with and without bias, chunk edges and chunks past the
+# device-side row count (RADD_FAST_DCE_CHUNK_ROWS), and all / no rows active.
+def _needs_grouped_engine():
+    major = torch.cuda.get_device_capability()[0]
+    if major not in (9, 10):
+        pytest.skip(f"the grouped engine needs compute capability 9.x or 10.x, this GPU is {major}.x")
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("engine", ["tiles", "grouped"])
+@pytest.mark.parametrize("shape,chunk", [((300, 64, 1003, None), ""), ((150, 24, 301, 290), "7"),
+                                         ((1, 8, 5, None), ""), ((513, 128, 2051, None), "128")], ids=str)
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_cuda_bf16_engines(device, monkeypatch, engine, shape, chunk, pattern, bias):
+    if engine == "grouped":
+        _needs_grouped_engine()
+    monkeypatch.setenv("RADD_FAST_DCE_ENGINE", engine)
+    monkeypatch.setenv("RADD_FAST_DCE_CHUNK_ROWS", chunk)
+    h, W, b, t, w, nc = make(*shape, torch.bfloat16, device, pattern, bias=bias, seed=31)
+    up = torch.rand(shape[0], dtype=torch.float32, device=device) + 0.5
+
+    def run(fn, dt, hidden=h):
+        leaves = [x.to(dt).clone().requires_grad_() for x in (hidden, W, b) if x is not None]
+        out = fn(*leaves, *([None] if b is None else []))
+        out.backward(up.to(out.dtype))
+        return [out.double()] + [x.grad.double() for x in leaves]
+
+    truth = run(lambda hh, WW, bb: R.linear_dce_loss(hh, WW, bb, t, w.double(), nc, "none"), torch.float64)
+    theirs = run(lambda hh, WW, bb: naive(hh, WW, bb, t, w, nc, "none"), torch.bfloat16)
+    # NaN hidden states on the rows with weight 0: had a matmul read one, NaN would spread.
+    ours = run(lambda hh, WW, bb: radd_fast.linear_dce_loss(hh, WW, bb, t, w, nc, "none", impl="fused"),
+               torch.bfloat16, torch.where((w == 0)[:, None], torch.nan, h))
+    for name, o, th, tr in zip(("loss", "hidden", "weight", "bias"), ours, theirs, truth):
+        torch_err, our_err = (th - tr).norm().item(), (o - tr).norm().item()
+        if pattern == "none":  # nothing active: exactly zero loss and gradients
+            assert o.abs().max().item() == 0, name
+        else:
+            assert 0 < torch_err and our_err <= 2 * torch_err, (name, our_err, torch_err)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_cuda_grouped_engine_no_host_synchronisation(device, monkeypatch):
+    _needs_grouped_engine()
+    monkeypatch.setenv("RADD_FAST_DCE_ENGINE", "grouped")
+    monkeypatch.setenv("RADD_FAST_DCE_CHUNK_ROWS", "128")  # several chunks, some past the row count
+    h, W, b, t, w, nc = make(700, 64, 1003, None, torch.bfloat16, device, "random", seed=12)
+    leaves = [x.clone().requires_grad_() for x in (h, W, b)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for reduction in ("sum", "none"):
+            radd_fast.linear_dce_loss(*leaves, t, w, reduction=reduction, impl="fused").sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_cuda_engine_choice_errors(device, monkeypatch):
+    h, W, b, t, w, nc = make(20, 12, 30, None, torch.float32, device, "random", seed=13)
+    monkeypatch.setenv("RADD_FAST_DCE_ENGINE", "fastest")
+    with pytest.raises(ValueError, match="RADD_FAST_DCE_ENGINE must be 'auto', 'grouped' or 'tiles', got 'fastest'"):
+        radd_fast.linear_dce_loss(h, W, b, t, w, impl="fused")
+    monkeypatch.setenv("RADD_FAST_DCE_ENGINE", "grouped")
+    with pytest.raises(ValueError, match="RADD_FAST_DCE_ENGINE=grouped cannot run this call: it needs bfloat16"):
+        radd_fast.linear_dce_loss(h, W, b, t, w, impl="fused")
+    if torch.cuda.get_device_capability()[0] in (9, 10):  # D = 12 is not a multiple of 8
+        with pytest.raises(ValueError, match="it needs D to be a multiple of 8"):
+            radd_fast.linear_dce_loss(h.bfloat16(), W.bfloat16(), b.bfloat16(), t, w, impl="fused")
+    monkeypatch.setenv("RADD_FAST_DCE_ENGINE", "auto")  # falls back to the tile engine
+    h16, W16, b16 = h.bfloat16(), W.bfloat16(), b.bfloat16()
+    torch.testing.assert_close(radd_fast.linear_dce_loss(h16, W16, b16, t, w, impl="fused"),
+                               radd_fast.linear_dce_loss(h16, W16, b16, t, w, impl="reference"), rtol=2e-2, atol=2e-2)
+
+
 # ------------------------------------------------------------------------------------- bad input
 def _bad_cases():
     h, W, b, t, w, nc = make(6, 4, 9, None, torch.float32, "cpu", "all")

@@ -34,6 +34,7 @@
 
 #include "dce_loss/dce_loss.h"
 #include "dce_loss/gemm.cuh"
+#include "dce_loss/rows.cuh"
 
 namespace radd_fast::dce {
 namespace {
@@ -42,18 +43,15 @@ using gpu::Bound;
 using gpu::GemmArgs;
 using gpu::Stored;
 using gpu::Tile;
-
-constexpr int kRowThreads = 512;
-constexpr unsigned kFull = 0xffffffffu;
-
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ void store_as(__half* p, float v) { *p = __float2half(v); }
-__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_as(double* p, double v) { *p = v; }
+using gpu::kFull;
+using gpu::kRowThreads;
+using gpu::to_acc;
+using gpu::store_as;
+using gpu::softmax_rows_kernel;
+using gpu::softmax_rows_vec_kernel;
+using gpu::bias_grad_kernel;
+using gpu::scatter_rows_kernel;
+using gpu::gather_rows_kernel;
 
 // ------------------------------------------------------------------------------------ compaction
 // One block of 1,024 threads; thread i owns a contiguous segment of rows: count, block-wide exclusive
@@ -93,94 +91,20 @@ __global__ void __launch_bounds__(1024) compact_kernel(const acc_t* __restrict__
   if (tid == T - 1) *count = pos;
 }
 
-// ------------------------------------------------------------------------- logsumexp, loss, dlogits
-template <typename acc_t>
-__device__ __forceinline__ LseState<acc_t> block_lse(LseState<acc_t> st) {
-  __shared__ acc_t sm[32], ss[32];
-  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const LseState<acc_t> other{__shfl_xor_sync(kFull, st.m, o), __shfl_xor_sync(kFull, st.s, o)};
-    st = lse_merge(st, other);
-  }
-  if (lane == 0) {
-    sm[warp] = st.m;
-    ss[warp] = st.s;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    st = lane < int(blockDim.x) / 32 ? LseState<acc_t>{sm[lane], ss[lane]} : lse_empty<acc_t>();
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const LseState<acc_t> other{__shfl_xor_sync(kFull, st.m, o), __shfl_xor_sync(kFull, st.s, o)};
-      st = lse_merge(st, other);
-    }
-    if (lane == 0) {
-      sm[0] = st.m;
-      ss[0] = st.s;
-    }
-  }
-  __syncthreads();
-  return {sm[0], ss[0]};
-}
-
-// Block i handles compacted row row0 + i (if it exists): logits row i of the workspace.
-template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kRowThreads) softmax_rows_kernel(acc_t* logits, int64_t ld, int64_t nc,
-                                                                   const int* __restrict__ order,
-                                                                   const int* __restrict__ count, int64_t row0,
-                                                                   const int64_t* __restrict__ target,
-                                                                   const acc_t* __restrict__ row_weight,
-                                                                   acc_t* __restrict__ loss, bool write_grad) {
-  const int64_t g = row0 + blockIdx.x;
-  if (g >= *count) return;
-  const int r = order[g];
-  acc_t* z = logits + int64_t(blockIdx.x) * ld;
-  LseState<acc_t> st = lse_empty<acc_t>();
-  for (int64_t c = threadIdx.x; c < nc; c += kRowThreads) st = lse_push(st, z[c]);
-  const acc_t lse = lse_value(block_lse(st));
-  const int64_t t = target[r];
-  const bool valid = t >= 0 && t < nc;
-  const acc_t w = valid ? row_weight[r] : std::numeric_limits<acc_t>::quiet_NaN();
-  if (threadIdx.x == 0) loss[r] = valid ? row_loss(w, lse, z[t]) : w;
-  if (!write_grad) return;
-  // In place: dlogit c (a T) occupies bytes [c * sizeof(T), (c + 1) * sizeof(T)) of the row, inside
-  // logits [0, c] -- already read in this slice or an earlier one. The barrier orders this slice's
-  // reads (and thread 0's read of z[t] above) before its writes; later slices read only logits
-  // beyond every byte written so far.
-  T* d = reinterpret_cast<T*>(z);
-  for (int64_t c0 = 0; c0 < nc; c0 += kRowThreads) {
-    const int64_t c = c0 + threadIdx.x;
-    const acc_t v = c < nc ? z[c] : acc_t(0);
-    __syncthreads();
-    if (c < nc) store_as(d + c, logit_grad(w, v, lse, c == t));
-  }
-}
-
-// grad_b[c] += sum over the chunk's valid rows of dlogits[i][c] (one thread per class, fixed order).
-template <typename T, typename acc_t>
-__global__ void bias_grad_kernel(const T* __restrict__ d, int64_t ld_t, int64_t nc, const int* __restrict__ count,
-                                 int64_t row0, int64_t R, acc_t* __restrict__ gb) {
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= nc) return;
-  const int64_t valid = max(int64_t(0), min(R, int64_t(*count) - row0));
-  acc_t s = 0;
-  for (int64_t i = 0; i < valid; ++i) s += to_acc(d[i * ld_t + c]);
-  gb[c] += s;
-}
-
-// grad_hidden[order[row0 + i]] = sum over splits of the split-K partials of row i.
-template <typename T, typename acc_t>
-__global__ void scatter_rows_kernel(const acc_t* __restrict__ part, int splits, int64_t split_stride, int64_t R,
-                                    int64_t D, const int* __restrict__ order, const int* __restrict__ count,
-                                    int64_t row0, T* __restrict__ grad_hidden) {
-  const int64_t valid = max(int64_t(0), min(R, int64_t(*count) - row0));
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < valid * D;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = e / D, col = e % D;
-    acc_t s = 0;
-    for (int z = 0; z < splits; ++z) s += part[z * split_stride + i * D + col];
-    store_as(grad_hidden + int64_t(order[row0 + i]) * D + col, s);
+// acc[e] += x[e] (fp32 += bf16), 8 elements per thread step; nothing at all when *valid is 0 (a chunk
+// past the active row count, whose weight-gradient product is all zeros).
+__global__ void accumulate_kernel(float4* __restrict__ acc, const uint4* __restrict__ x, int64_t n8,
+                                  const int* __restrict__ valid) {
+  if (*valid == 0) return;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n8; e += int64_t(gridDim.x) * blockDim.x) {
+    const uint4 v = x[e];
+    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&v);
+    float4 a = acc[2 * e], b = acc[2 * e + 1];
+    const float2 p0 = __bfloat1622float2(p[0]), p1 = __bfloat1622float2(p[1]), p2 = __bfloat1622float2(p[2]),
+                 p3 = __bfloat1622float2(p[3]);
+    a.x += p0.x, a.y += p0.y, a.z += p1.x, a.w += p1.y;
+    b.x += p2.x, b.y += p2.y, b.z += p3.x, b.w += p3.y;
+    acc[2 * e] = a, acc[2 * e + 1] = b;
   }
 }
 
@@ -317,8 +241,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
     launch_gemm<T, true, true>(lg, StoreLogits<acc_t>{L, ld, has_bias ? b_acc.const_data_ptr<acc_t>() : nullptr}, R,
                                1, stream);
     // 2. logsumexp, loss, dlogits.
-    softmax_rows_kernel<T, acc_t><<<unsigned(R), kRowThreads, 0, stream>>>(
-        L, ld, nc, ord, cnt, row0, tgt.const_data_ptr<int64_t>(), w_acc.const_data_ptr<acc_t>(),
+    softmax_rows_kernel<T, acc_t, acc_t><<<unsigned(R), kRowThreads, 0, stream>>>(
+        L, ld, nc, ord, cnt, row0, tgt.const_data_ptr<int64_t>(), w_acc.const_data_ptr<acc_t>(), nullptr,
         loss.data_ptr<acc_t>(), want.any());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (!want.any()) continue;
@@ -363,5 +287,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_forward_backward
     default: return run<__half>(hidden, weight, bias, target, row_weight, num_classes, want);
   }
 }
+
+// ------------------------------------------------------------- kernels of the grouped engine
+namespace grouped {
+
+using bf16 = __nv_bfloat16;
+static_assert(sizeof(at::BFloat16) == sizeof(bf16), "at::BFloat16 and __nv_bfloat16 share one layout");
+
+unsigned grid_for(int64_t items) { return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(items, 256), 1), 4096)); }
+
+void launch_compact(const float* row_weight, int64_t N, int* order, int* count) {
+  compact_kernel<float><<<1, 1024, 0, c10::cuda::getCurrentCUDAStream()>>>(row_weight, N, order, count);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_gather_rows(const at::BFloat16* hidden, int64_t D, const int* order, const int* count, int64_t row0,
+                        int64_t R, at::BFloat16* out, int* valid_out) {
+  const int64_t vecs = D * int64_t(sizeof(bf16)) / 16;
+  gather_rows_kernel<uint4><<<grid_for(R * vecs), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const uint4*>(hidden), vecs, order, count, row0, R, reinterpret_cast<uint4*>(out), valid_out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_softmax_rows(at::BFloat16* logits, int64_t ld, int64_t nc, const int* order, const int* count, int64_t row0,
+                         int64_t R, const int64_t* target, const float* row_weight, const float* bias, float* loss,
+                         bool write_grad) {
+  softmax_rows_vec_kernel<bf16, float><<<unsigned(R), kRowThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<bf16*>(logits), ld, nc, order, count, row0, target, row_weight, bias, loss, write_grad);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_scatter_rows(const at::BFloat16* rows, int64_t R, int64_t D, const int* order, const int* count,
+                         int64_t row0, at::BFloat16* grad_hidden) {
+  scatter_rows_kernel<bf16, bf16><<<grid_for(R * D), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const bf16*>(rows), 1, 0, R, D, order, count, row0, reinterpret_cast<bf16*>(grad_hidden));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_accumulate(float* acc, const at::BFloat16* x, int64_t n, const int* valid) {
+  accumulate_kernel<<<grid_for(n / 8), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<float4*>(acc), reinterpret_cast<const uint4*>(x), n / 8, valid);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_bias_grad(const at::BFloat16* dlogits, int64_t ld, int64_t nc, const int* count, int64_t row0, int64_t R,
+                      float* grad_bias) {
+  bias_grad_kernel<bf16, float><<<unsigned(ceil_div(nc, 256)), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const bf16*>(dlogits), ld, nc, count, row0, R, grad_bias);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace grouped
 
 }  // namespace radd_fast::dce

@@ -1,5 +1,6 @@
 // CUDA entry points of radd_fast::linear_dce_loss / linear_dce_loss_grad: argument checks, the device
-// guard, then the kernel of cuda.cu. Compiled by the host C++ compiler (not nvcc), so a bad argument
+// guard, the choice of engine, then the tile engine of cuda.cu or the grouped engine of
+// cuda_grouped.cpp. Compiled by the host C++ compiler (not nvcc), so a bad argument
 // raises its error before any nvcc-compiled code runs.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
@@ -8,6 +9,9 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <tuple>
 
 #include "dce_loss/dce_loss.h"
@@ -28,21 +32,51 @@ void check_cuda_args(const at::Tensor& hidden, const at::Tensor& weight, const c
                     ".x; use float32");
 }
 
+// Which engine runs the matmuls. RADD_FAST_DCE_ENGINE (read on every call, a getenv):
+//   auto (default): "grouped" where it applies, else "tiles";
+//   grouped: torch's grouped GEMM (cuda_grouped.cpp): bf16 on compute capability 9.x / 10.x (where
+//     torch runs it without a host synchronisation), D * 2 bytes and the data pointers 16-byte aligned;
+//   tiles: our own tiled GEMM (cuda.cu), every dtype and device.
+bool use_grouped_engine(const at::Tensor& hidden, const at::Tensor& weight) {
+  const char* env = std::getenv("RADD_FAST_DCE_ENGINE");
+  const std::string choice = env == nullptr || *env == 0 ? "auto" : env;
+  TORCH_CHECK_VALUE(choice == "auto" || choice == "grouped" || choice == "tiles", "radd_fast.", kOp,
+                    ": RADD_FAST_DCE_ENGINE must be 'auto', 'grouped' or 'tiles', got '", choice, "'");
+  if (choice == "tiles") return false;
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, hidden.get_device()));
+  const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; };
+  const char* why = hidden.scalar_type() != at::kBFloat16 ? "it needs bfloat16 inputs"
+                    : major != 9 && major != 10           ? "it needs compute capability 9.x or 10.x"
+                    : hidden.size(1) % 8 != 0             ? "it needs D to be a multiple of 8"
+                    : !aligned(hidden) || !aligned(weight) ? "it needs 16-byte aligned 'hidden' and 'weight'"
+                                                           : nullptr;
+  TORCH_CHECK_VALUE(why == nullptr || choice == "auto", "radd_fast.", kOp,
+                    ": RADD_FAST_DCE_ENGINE=grouped cannot run this call: ", why ? why : "");
+  return why == nullptr;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& hidden, const at::Tensor& weight,
+                                                                const c10::optional<at::Tensor>& bias,
+                                                                const at::Tensor& target, const at::Tensor& row_weight,
+                                                                int64_t num_classes, std::array<bool, 3> want) {
+  check_cuda_args(hidden, weight, bias, target, row_weight, num_classes);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  if (use_grouped_engine(hidden, weight))
+    return grouped_forward_backward(hidden, weight, bias, target, row_weight, num_classes, want[0], want[1], want[2]);
+  return cuda_forward_backward(hidden, weight, bias, target, row_weight, num_classes, want[0], want[1], want[2]);
+}
+
 at::Tensor linear_dce_loss_cuda(const at::Tensor& hidden, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias, const at::Tensor& target,
                                 const at::Tensor& row_weight, int64_t num_classes) {
-  check_cuda_args(hidden, weight, bias, target, row_weight, num_classes);
-  const c10::cuda::CUDAGuard guard(hidden.device());
-  return std::get<0>(cuda_forward_backward(hidden, weight, bias, target, row_weight, num_classes, false, false, false));
+  return std::get<0>(run(hidden, weight, bias, target, row_weight, num_classes, {false, false, false}));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_dce_loss_grad_cuda(
     const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
     const at::Tensor& row_weight, int64_t num_classes, std::array<bool, 3> output_mask) {
-  check_cuda_args(hidden, weight, bias, target, row_weight, num_classes);
-  const c10::cuda::CUDAGuard guard(hidden.device());
-  return cuda_forward_backward(hidden, weight, bias, target, row_weight, num_classes, output_mask[0], output_mask[1],
-                               output_mask[2]);
+  return run(hidden, weight, bias, target, row_weight, num_classes, output_mask);
 }
 
 }  // namespace

@@ -169,4 +169,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_forward_backward
     const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
     const at::Tensor& row_weight, int64_t num_classes, bool grad_hidden, bool grad_weight, bool grad_bias);
 
+
+// ------------------------------------------- the grouped engine (cuda_grouped.cpp; kernels in cuda.cu)
+// bf16 on sm_90 / sm_100: the chunk matmuls run on torch's grouped GEMM (grouped.h); the kernels
+// below do the rest. All take device pointers, run on the current stream and read the active row
+// count from device memory, as the tile engine's kernels do.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backward(
+    const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
+    const at::Tensor& row_weight, int64_t num_classes, bool grad_hidden, bool grad_weight, bool grad_bias);
+
+namespace grouped {
+// order[0:count) = indices of the rows with row_weight != 0, ascending; count: one int.
+void launch_compact(const float* row_weight, int64_t N, int* order, int* count);
+// out (R, D) = hidden[order[row0 + i]] for the chunk's active rows, zeros after; valid_out = their
+// number. D * 2 bytes must be a multiple of 16, hidden and out 16-byte aligned.
+void launch_gather_rows(const at::BFloat16* hidden, int64_t D, const int* order, const int* count, int64_t row0,
+                        int64_t R, at::BFloat16* out, int* valid_out);
+// Per active row i of the chunk: logsumexp of logits[i, :nc] + bias (bias may be null), loss[order[.]],
+// and (write_grad) the logit gradients in place over the row, in bf16. ld: the logits' row stride, a
+// multiple of 8; rows 16-byte aligned.
+void launch_softmax_rows(at::BFloat16* logits, int64_t ld, int64_t nc, const int* order, const int* count, int64_t row0,
+                         int64_t R, const int64_t* target, const float* row_weight, const float* bias, float* loss,
+                         bool write_grad);
+// grad_hidden[order[row0 + i]] = rows[i] (row stride D) for the chunk's active rows.
+void launch_scatter_rows(const at::BFloat16* rows, int64_t R, int64_t D, const int* order, const int* count,
+                         int64_t row0, at::BFloat16* grad_hidden);
+// acc[0:n) += x[0:n) unless *valid is 0; n a multiple of 8, both 16-byte aligned.
+void launch_accumulate(float* acc, const at::BFloat16* x, int64_t n, const int* valid);
+// grad_bias[c] += sum over the chunk's active rows of dlogits[i, c], c < nc.
+void launch_bias_grad(const at::BFloat16* dlogits, int64_t ld, int64_t nc, const int* count, int64_t row0, int64_t R,
+                      float* grad_bias);
+}  // namespace grouped
+
 }  // namespace radd_fast::dce

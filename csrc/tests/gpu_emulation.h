@@ -1,5 +1,6 @@
-// Just enough of CUDA to run a kernel written for csrc/dce_loss/gemm.cuh on the CPU: a block's
-// threads are CPU threads (threadIdx and friends thread-local), __syncthreads is a barrier, and
+// Just enough of CUDA to run the kernels of csrc/dce_loss/gemm.cuh and rows.cuh on the CPU: a block's
+// threads are CPU threads (threadIdx and friends thread-local), __syncthreads is a barrier, shuffles
+// exchange through per-warp slots, static __shared__ arrays are shared by the block, and
 // cp.async copies are deferred until the cp.async.wait that covers their group -- so a pipeline that
 // reads a buffer before waiting for it reads stale bytes, as it would on a GPU. __syncwarp is a
 // barrier of the warp's 32 threads. nvcuda::wmma (16 x 16 x 16, fp32 accumulators) is emulated with
@@ -25,6 +26,8 @@
 #define __global__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+// A kernel's static shared arrays: one copy for all threads (blocks run one at a time).
+#define __shared__ static
 
 struct uint4 {
   unsigned x, y, z, w;
@@ -51,6 +54,7 @@ struct ThreadState {
   std::vector<Copy> open;                 // issued since the last commit
   std::vector<std::vector<Copy>> groups;  // committed, oldest first, not yet landed
   std::vector<std::pair<float*, float>> stores;  // wmma stores, landing at the next barrier
+  uint64_t* warp_slots = nullptr;         // 32 exchange slots of this thread's warp (shuffles)
 };
 
 inline thread_local ThreadState state;
@@ -74,6 +78,7 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
         std::vector<std::unique_ptr<std::barrier<>>> warps;
         for (unsigned w = 0; w < (threads + 31) / 32; ++w)
           warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - 32 * w)));
+        std::vector<uint64_t> slots(32 * ((threads + 31) / 32));
         std::vector<std::thread> pool;
         for (unsigned t = 0; t < threads; ++t)
           pool.emplace_back([&, t] {
@@ -81,7 +86,7 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
             blockIdx = {x, y, z};
             blockDim = {threads, 1, 1};
             gridDim = grid;
-            state = ThreadState{&bar, warps[t / 32].get(), base, {}, {}, {}};
+            state = ThreadState{&bar, warps[t / 32].get(), base, {}, {}, {}, slots.data() + 32 * (t / 32)};
             kernel();
             // A thread that exits with copies in flight would be a kernel bug: none may remain.
             if (!state.open.empty() || !state.groups.empty() || !state.stores.empty()) std::abort();
@@ -99,6 +104,29 @@ inline void __syncthreads() {
 inline void __syncwarp() {
   radd_fast::emu::land_stores();
   radd_fast::emu::state.warp_barrier->arrive_and_wait();
+}
+
+// Warp shuffles over the full warp (every kernel here passes a full mask): each lane posts its value,
+// the warp meets, each lane reads its source lane's, the warp meets again before the slots are reused.
+template <typename T>
+inline T emu_shuffle(T v, unsigned src_lane) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "shuffled values are at most 8 bytes");
+  auto& st = radd_fast::emu::state;
+  std::memcpy(st.warp_slots + threadIdx.x % 32, &v, sizeof(T));
+  st.warp_barrier->arrive_and_wait();
+  T out;
+  std::memcpy(&out, st.warp_slots + src_lane % 32, sizeof(T));
+  st.warp_barrier->arrive_and_wait();
+  return out;
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+  return emu_shuffle(v, (threadIdx.x % 32) ^ unsigned(lane_mask));
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned, T v, unsigned delta) {
+  const unsigned lane = threadIdx.x % 32;
+  return emu_shuffle(v, lane >= delta ? lane - delta : lane);
 }
 
 // bfloat16 as the GPU stores it: the high half of a float, rounded to nearest even from float.

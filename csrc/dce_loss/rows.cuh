@@ -1,0 +1,211 @@
+// The row kernels of the CUDA linear_dce_loss (both engines): logsumexp, loss and logit gradients of
+// a chunk's rows, the bias gradient, and the moves of rows between the compacted chunk and the
+// full tensors (gather, scatter). Kept in a header so that csrc/tests/test_rows.cpp runs them on the
+// CPU through csrc/tests/gpu_emulation.h (RADD_GEMM_HOST_EMULATION), as test_gemm does the GEMM.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "dce_loss/dce_loss.h"
+
+#ifndef RADD_GEMM_HOST_EMULATION
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+namespace radd_fast::dce::gpu {
+
+#ifdef RADD_GEMM_HOST_EMULATION
+using std::max;
+using std::min;
+inline float to_acc(EmuBf16 x) { return float(x); }
+inline void store_as(EmuBf16* p, float v) { *p = EmuBf16(v); }
+#else
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void store_as(__half* p, float v) { *p = __float2half(v); }
+#endif
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_as(double* p, double v) { *p = v; }
+
+constexpr int kRowThreads = 512;
+constexpr unsigned kFull = 0xffffffffu;
+
+// ------------------------------------------------------------------------- logsumexp, loss, dlogits
+template <typename acc_t>
+__device__ __forceinline__ LseState<acc_t> block_lse(LseState<acc_t> st) {
+  __shared__ acc_t sm[32], ss[32];
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const LseState<acc_t> other{__shfl_xor_sync(kFull, st.m, o), __shfl_xor_sync(kFull, st.s, o)};
+    st = lse_merge(st, other);
+  }
+  if (lane == 0) {
+    sm[warp] = st.m;
+    ss[warp] = st.s;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    st = lane < int(blockDim.x) / 32 ? LseState<acc_t>{sm[lane], ss[lane]} : lse_empty<acc_t>();
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const LseState<acc_t> other{__shfl_xor_sync(kFull, st.m, o), __shfl_xor_sync(kFull, st.s, o)};
+      st = lse_merge(st, other);
+    }
+    if (lane == 0) {
+      sm[0] = st.m;
+      ss[0] = st.s;
+    }
+  }
+  __syncthreads();
+  return {sm[0], ss[0]};
+}
+
+// Block i handles compacted row row0 + i (if it exists): logits row i of the workspace, stored as Z
+// (acc_t from the tile GEMM, T from the grouped engine's GEMM), plus bias[c] where bias is given (the
+// grouped engine's GEMM has no bias epilogue).
+template <typename T, typename acc_t, typename Z>
+__global__ void __launch_bounds__(kRowThreads) softmax_rows_kernel(Z* logits, int64_t ld, int64_t nc,
+                                                                   const int* __restrict__ order,
+                                                                   const int* __restrict__ count, int64_t row0,
+                                                                   const int64_t* __restrict__ target,
+                                                                   const acc_t* __restrict__ row_weight,
+                                                                   const acc_t* __restrict__ bias,
+                                                                   acc_t* __restrict__ loss, bool write_grad) {
+  const int64_t g = row0 + blockIdx.x;
+  if (g >= *count) return;
+  const int r = order[g];
+  Z* z = logits + int64_t(blockIdx.x) * ld;
+  auto logit = [&](int64_t c) -> acc_t { return bias ? to_acc(z[c]) + bias[c] : to_acc(z[c]); };
+  LseState<acc_t> st = lse_empty<acc_t>();
+  for (int64_t c = threadIdx.x; c < nc; c += kRowThreads) st = lse_push(st, logit(c));
+  const acc_t lse = lse_value(block_lse(st));
+  const int64_t t = target[r];
+  const bool valid = t >= 0 && t < nc;
+  const acc_t w = valid ? row_weight[r] : std::numeric_limits<acc_t>::quiet_NaN();
+  if (threadIdx.x == 0) loss[r] = valid ? row_loss(w, lse, logit(t)) : w;
+  if (!write_grad) return;
+  // In place: dlogit c (a T) occupies bytes [c * sizeof(T), (c + 1) * sizeof(T)) of the row, inside
+  // logits [0, c] (the same element when Z is T) -- already read in this slice or an earlier one. The
+  // barrier orders this slice's reads (and thread 0's read of z[t] above) before its writes; later
+  // slices read only logits beyond every byte written so far.
+  T* d = reinterpret_cast<T*>(z);
+  for (int64_t c0 = 0; c0 < nc; c0 += kRowThreads) {
+    const int64_t c = c0 + threadIdx.x;
+    const acc_t v = c < nc ? logit(c) : acc_t(0);
+    __syncthreads();
+    if (c < nc) store_as(d + c, logit_grad(w, v, lse, c == t));
+  }
+}
+
+// The grouped engine's row kernel: bf16 logits (+ bias), bf16 gradients in place, moved as 16-byte
+// vectors (VEC classes each). Each thread reads and writes only its own vectors, so no barrier has to
+// order the in-place writes, and the loss comes from the registers of the thread that owns the
+// target's vector. Rows are 16-byte aligned (ld a multiple of VEC); classes nc..ld-1 of a row are
+// padding, read and written back unchanged.
+template <typename T>
+struct alignas(16) Vec16 {
+  static constexpr int N = 16 / int(sizeof(T));
+  T e[N];
+};
+
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads) softmax_rows_vec_kernel(T* logits, int64_t ld, int64_t nc,
+                                                                       const int* __restrict__ order,
+                                                                       const int* __restrict__ count, int64_t row0,
+                                                                       const int64_t* __restrict__ target,
+                                                                       const acc_t* __restrict__ row_weight,
+                                                                       const acc_t* __restrict__ bias,
+                                                                       acc_t* __restrict__ loss, bool write_grad) {
+  using V = Vec16<T>;
+  constexpr int VEC = V::N;
+  const int64_t g = row0 + blockIdx.x;
+  if (g >= *count) return;
+  const int r = order[g];
+  V* z = reinterpret_cast<V*>(logits + int64_t(blockIdx.x) * ld);
+  const int64_t nv = (nc + VEC - 1) / VEC;
+  auto logit = [&](const V& v, int k, int64_t c) -> acc_t { return bias ? to_acc(v.e[k]) + bias[c] : to_acc(v.e[k]); };
+  LseState<acc_t> st = lse_empty<acc_t>();
+  for (int64_t j = threadIdx.x; j < nv; j += kRowThreads) {
+    const V v = z[j];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      if (j * VEC + k < nc) st = lse_push(st, logit(v, k, j * VEC + k));
+  }
+  const acc_t lse = lse_value(block_lse(st));
+  const int64_t t = target[r];
+  const bool valid = t >= 0 && t < nc;
+  const acc_t w = valid ? row_weight[r] : std::numeric_limits<acc_t>::quiet_NaN();
+  if (!write_grad) {  // nothing is written over the row: thread 0 may read the target's logit
+    if (threadIdx.x == 0) {
+      const T* row = logits + int64_t(blockIdx.x) * ld;
+      loss[r] = valid ? row_loss(w, lse, bias ? to_acc(row[t]) + bias[t] : to_acc(row[t])) : w;
+    }
+    return;
+  }
+  if (!valid && threadIdx.x == 0) loss[r] = w;
+  for (int64_t j = threadIdx.x; j < nv; j += kRowThreads) {
+    V v = z[j];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const int64_t c = j * VEC + k;
+      if (c >= nc) continue;
+      const acc_t x = logit(v, k, c);
+      if (c == t) loss[r] = row_loss(w, lse, x);
+      store_as(&v.e[k], logit_grad(w, x, lse, c == t));
+    }
+    z[j] = v;
+  }
+}
+
+// grad_b[c] += sum over the chunk's valid rows of dlogits[i][c] (one thread per class, fixed order).
+template <typename T, typename acc_t>
+__global__ void bias_grad_kernel(const T* __restrict__ d, int64_t ld_t, int64_t nc, const int* __restrict__ count,
+                                 int64_t row0, int64_t R, acc_t* __restrict__ gb) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= nc) return;
+  const int64_t valid = max(int64_t(0), min(R, int64_t(*count) - row0));
+  acc_t s = 0;
+  for (int64_t i = 0; i < valid; ++i) s += to_acc(d[i * ld_t + c]);
+  gb[c] += s;
+}
+
+// grad_hidden[order[row0 + i]] = sum over splits of the split-K partials of row i (P: acc_t partials
+// of the tile engine, or the grouped engine's single T result).
+template <typename T, typename P>
+__global__ void scatter_rows_kernel(const P* __restrict__ part, int splits, int64_t split_stride, int64_t R,
+                                    int64_t D, const int* __restrict__ order, const int* __restrict__ count,
+                                    int64_t row0, T* __restrict__ grad_hidden) {
+  const int64_t valid = max(int64_t(0), min(R, int64_t(*count) - row0));
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < valid * D;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = e / D, col = e % D;
+    decltype(to_acc(part[0])) s = 0;
+    for (int z = 0; z < splits; ++z) s += to_acc(part[z * split_stride + i * D + col]);
+    store_as(grad_hidden + int64_t(order[row0 + i]) * D + col, s);
+  }
+}
+
+// The grouped engine's chunk input: out[i] = hidden[order[row0 + i]] for the chunk's active rows,
+// zeros past them (never read by the matmuls, which stop at the count, but kept finite), and
+// valid[0] = the active row count, the group size the grouped GEMM reads. Rows move as 16-byte
+// vectors (D * sizeof(T) is a multiple of 16 on this path).
+template <typename V>  // uint4: 16 bytes
+__global__ void gather_rows_kernel(const V* __restrict__ hidden, int64_t vecs_per_row, const int* __restrict__ order,
+                                   const int* __restrict__ count, int64_t row0, int64_t R, V* __restrict__ out,
+                                   int* __restrict__ valid_out) {
+  const int64_t valid = max(int64_t(0), min(R, int64_t(*count) - row0));
+  if (blockIdx.x == 0 && threadIdx.x == 0) *valid_out = int(valid);
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < R * vecs_per_row;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = e / vecs_per_row, v = e % vecs_per_row;
+    out[e] = i < valid ? hidden[int64_t(order[row0 + i]) * vecs_per_row + v] : V{};
+  }
+}
+
+}  // namespace radd_fast::dce::gpu
