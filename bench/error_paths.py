@@ -9,11 +9,24 @@ test worker (SIGSEGV); the CPU tests, which raise from host-compiled code, were 
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
 
 import radd_fast
+
+
+def with_env(name: str, value: str, call):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return call()
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def cases(cuda: bool):
@@ -26,6 +39,8 @@ def cases(cuda: bool):
     h, W = torch.randn(3, 8, device="cuda"), torch.randn(11, 8, device="cuda")
     t = torch.zeros(3, dtype=torch.long, device="cuda")
     yield "cuda loss: row_weight of shape (2,)", lambda: ops.linear_dce_loss(h, W, None, t, torch.ones(2, device="cuda"), 10)
+    yield "cuda loss: RADD_FAST_DCE_ENGINE=grouped with float32", lambda: with_env(
+        "RADD_FAST_DCE_ENGINE", "grouped", lambda: ops.linear_dce_loss(h, W, None, t, torch.ones(3, device="cuda"), 10))
     x = torch.randn(1, 3, 3, 2, 8, device="cuda")
     yield "cuda rotary: tables on the CPU", lambda: ops.rotary(x, *radd_fast.rotary_tables(3, 8), False)
     yield "cuda sample_rows: top_p 2", lambda: ops.sample_rows(h, W, None, 10, 1.0, 0, 2.0, False, 0, 0)
