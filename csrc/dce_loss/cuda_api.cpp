@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -37,12 +38,22 @@ void check_cuda_args(const at::Tensor& hidden, const at::Tensor& weight, const c
 //   grouped: torch's grouped GEMM (cuda_grouped.cpp): bf16 on compute capability 9.x / 10.x (where
 //     torch runs it without a host synchronisation), D * 2 bytes and the data pointers 16-byte aligned;
 //   tiles: our own tiled GEMM (cuda.cu), every dtype and device.
-bool use_grouped_engine(const at::Tensor& hidden, const at::Tensor& weight) {
+struct EngineChoice {
+  bool grouped, forced;
+};
+
+// Set when torch's grouped GEMM refused a call that `auto` gave it (a torch without that kernel or
+// with other layout rules, say): `auto` then keeps to the tile engine for the rest of the process,
+// after one warning; RADD_FAST_DCE_ENGINE=grouped still raises the refusal.
+std::atomic<bool> grouped_refused{false};
+
+EngineChoice choose_engine(const at::Tensor& hidden, const at::Tensor& weight) {
   const char* env = std::getenv("RADD_FAST_DCE_ENGINE");
   const std::string choice = env == nullptr || *env == 0 ? "auto" : env;
   TORCH_CHECK_VALUE(choice == "auto" || choice == "grouped" || choice == "tiles", "radd_fast.", kOp,
                     ": RADD_FAST_DCE_ENGINE must be 'auto', 'grouped' or 'tiles', got '", choice, "'");
-  if (choice == "tiles") return false;
+  const bool forced = choice == "grouped";
+  if (choice == "tiles" || (!forced && grouped_refused.load())) return {false, false};
   int major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, hidden.get_device()));
   const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; };
@@ -51,9 +62,9 @@ bool use_grouped_engine(const at::Tensor& hidden, const at::Tensor& weight) {
                     : hidden.size(1) % 8 != 0             ? "it needs D to be a multiple of 8"
                     : !aligned(hidden) || !aligned(weight) ? "it needs 16-byte aligned 'hidden' and 'weight'"
                                                            : nullptr;
-  TORCH_CHECK_VALUE(why == nullptr || choice == "auto", "radd_fast.", kOp,
-                    ": RADD_FAST_DCE_ENGINE=grouped cannot run this call: ", why ? why : "");
-  return why == nullptr;
+  TORCH_CHECK_VALUE(why == nullptr || !forced, "radd_fast.", kOp, ": RADD_FAST_DCE_ENGINE=grouped cannot run this call: ",
+                    why ? why : "");
+  return {why == nullptr, forced};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& hidden, const at::Tensor& weight,
@@ -62,8 +73,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
                                                                 int64_t num_classes, std::array<bool, 3> want) {
   check_cuda_args(hidden, weight, bias, target, row_weight, num_classes);
   const c10::cuda::CUDAGuard guard(hidden.device());
-  if (use_grouped_engine(hidden, weight))
-    return grouped_forward_backward(hidden, weight, bias, target, row_weight, num_classes, want[0], want[1], want[2]);
+  const EngineChoice engine = choose_engine(hidden, weight);
+  if (engine.grouped) {
+    if (engine.forced)
+      return grouped_forward_backward(hidden, weight, bias, target, row_weight, num_classes, want[0], want[1], want[2]);
+    try {
+      return grouped_forward_backward(hidden, weight, bias, target, row_weight, num_classes, want[0], want[1], want[2]);
+    } catch (const c10::Error& e) {
+      // Every output of the failed attempt is discarded; the tile engine computes the call afresh.
+      grouped_refused.store(true);
+      TORCH_WARN("radd_fast.", kOp, ": torch's grouped GEMM refused a call, so this and every later call of this "
+                 "process runs on the tile engine (RADD_FAST_DCE_ENGINE=grouped raises the error instead): ",
+                 e.what_without_backtrace());
+    }
+  }
   return cuda_forward_backward(hidden, weight, bias, target, row_weight, num_classes, want[0], want[1], want[2]);
 }
 
