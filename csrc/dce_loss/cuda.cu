@@ -52,61 +52,8 @@ using gpu::softmax_rows_vec_kernel;
 using gpu::bias_grad_kernel;
 using gpu::scatter_rows_kernel;
 using gpu::gather_rows_kernel;
-
-// ------------------------------------------------------------------------------------ compaction
-// One block of 1,024 threads; thread i owns a contiguous segment of rows: count, block-wide exclusive
-// scan of the counts, then write the indices in order (so `order` is sorted). O(N), no atomics.
-template <typename acc_t>
-__global__ void __launch_bounds__(1024) compact_kernel(const acc_t* __restrict__ w, int64_t N, int* __restrict__ order,
-                                                       int* __restrict__ count) {
-  constexpr int T = 1024;
-  __shared__ int warp_base[32];
-  const int tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
-  const int64_t seg = (N + T - 1) / T;
-  const int64_t b = min(N, int64_t(tid) * seg), e = min(N, b + seg);
-  int c = 0;
-  for (int64_t i = b; i < e; ++i) c += w[i] != acc_t(0);  // NaN != 0: a NaN weight is an active row
-  int x = c;  // inclusive scan within the warp
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int y = __shfl_up_sync(kFull, x, o);
-    if (lane >= o) x += y;
-  }
-  if (lane == 31) warp_base[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    const int tot = warp_base[lane];
-    int s = tot;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int y = __shfl_up_sync(kFull, s, o);
-      if (lane >= o) s += y;
-    }
-    warp_base[lane] = s - tot;  // exclusive
-  }
-  __syncthreads();
-  int pos = warp_base[warp] + x - c;
-  for (int64_t i = b; i < e; ++i)
-    if (w[i] != acc_t(0)) order[pos++] = int(i);
-  if (tid == T - 1) *count = pos;
-}
-
-// acc[e] += x[e] (fp32 += bf16), 8 elements per thread step; nothing at all when *valid is 0 (a chunk
-// past the active row count, whose weight-gradient product is all zeros).
-__global__ void accumulate_kernel(float4* __restrict__ acc, const uint4* __restrict__ x, int64_t n8,
-                                  const int* __restrict__ valid) {
-  if (*valid == 0) return;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n8; e += int64_t(gridDim.x) * blockDim.x) {
-    const uint4 v = x[e];
-    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&v);
-    float4 a = acc[2 * e], b = acc[2 * e + 1];
-    const float2 p0 = __bfloat1622float2(p[0]), p1 = __bfloat1622float2(p[1]), p2 = __bfloat1622float2(p[2]),
-                 p3 = __bfloat1622float2(p[3]);
-    a.x += p0.x, a.y += p0.y, a.z += p1.x, a.w += p1.y;
-    b.x += p2.x, b.y += p2.y, b.z += p3.x, b.w += p3.y;
-    acc[2 * e] = a, acc[2 * e + 1] = b;
-  }
-}
+using gpu::compact_kernel;
+using gpu::accumulate_kernel;
 
 // ------------------------------------------------------------------------------------- epilogues
 template <typename acc_t>
@@ -325,8 +272,8 @@ void launch_scatter_rows(const at::BFloat16* rows, int64_t R, int64_t D, const i
 }
 
 void launch_accumulate(float* acc, const at::BFloat16* x, int64_t n, const int* valid) {
-  accumulate_kernel<<<grid_for(n / 8), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<float4*>(acc), reinterpret_cast<const uint4*>(x), n / 8, valid);
+  accumulate_kernel<bf16><<<grid_for(n / 8), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      acc, reinterpret_cast<const bf16*>(x), n / 8, valid);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -1,6 +1,7 @@
-// The row kernels of the CUDA linear_dce_loss (both engines): logsumexp, loss and logit gradients of
-// a chunk's rows, the bias gradient, and the moves of rows between the compacted chunk and the
-// full tensors (gather, scatter). Kept in a header so that csrc/tests/test_rows.cpp runs them on the
+// The row kernels of the CUDA linear_dce_loss (both engines), everything but the matmuls: the
+// compaction of the active rows, logsumexp, loss and logit gradients of a chunk's rows, the bias
+// gradient, the moves of rows between the compacted chunk and the full tensors (gather, scatter)
+// and the grouped engine's weight-gradient accumulation. Kept in a header so that csrc/tests/test_rows.cpp runs them on the
 // CPU through csrc/tests/gpu_emulation.h (RADD_GEMM_HOST_EMULATION), as test_gemm does the GEMM.
 #pragma once
 
@@ -34,6 +35,44 @@ __device__ __forceinline__ void store_as(double* p, double v) { *p = v; }
 
 constexpr int kRowThreads = 512;
 constexpr unsigned kFull = 0xffffffffu;
+
+// ------------------------------------------------------------------------------------ compaction
+// One block of 1,024 threads; thread i owns a contiguous segment of rows: count, block-wide exclusive
+// scan of the counts, then write the indices in order (so `order` is sorted). O(N), no atomics.
+template <typename acc_t>
+__global__ void __launch_bounds__(1024) compact_kernel(const acc_t* __restrict__ w, int64_t N, int* __restrict__ order,
+                                                       int* __restrict__ count) {
+  constexpr int T = 1024;
+  __shared__ int warp_base[32];
+  const int tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  const int64_t seg = (N + T - 1) / T;
+  const int64_t b = min(N, int64_t(tid) * seg), e = min(N, b + seg);
+  int c = 0;
+  for (int64_t i = b; i < e; ++i) c += w[i] != acc_t(0);  // NaN != 0: a NaN weight is an active row
+  int x = c;  // inclusive scan within the warp
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(kFull, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) warp_base[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    const int tot = warp_base[lane];
+    int s = tot;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(kFull, s, o);
+      if (lane >= o) s += y;
+    }
+    warp_base[lane] = s - tot;  // exclusive
+  }
+  __syncthreads();
+  int pos = warp_base[warp] + x - c;
+  for (int64_t i = b; i < e; ++i)
+    if (w[i] != acc_t(0)) order[pos++] = int(i);
+  if (tid == T - 1) *count = pos;
+}
 
 // ------------------------------------------------------------------------- logsumexp, loss, dlogits
 template <typename acc_t>
@@ -205,6 +244,20 @@ __global__ void gather_rows_kernel(const V* __restrict__ hidden, int64_t vecs_pe
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / vecs_per_row, v = e % vecs_per_row;
     out[e] = i < valid ? hidden[int64_t(order[row0 + i]) * vecs_per_row + v] : V{};
+  }
+}
+
+// acc[0:8 n8) += x (fp32 += bf16), one 16-byte vector of x (and 32 bytes of acc) per thread step;
+// nothing at all when *valid is 0 (a chunk past the active row count: its product is all zeros).
+template <typename T>
+__global__ void accumulate_kernel(float* __restrict__ acc, const T* __restrict__ x, int64_t n8,
+                                  const int* __restrict__ valid) {
+  using V = Vec16<T>;
+  if (*valid == 0) return;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n8; e += int64_t(gridDim.x) * blockDim.x) {
+    const V v = reinterpret_cast<const V*>(x)[e];
+#pragma unroll
+    for (int k = 0; k < V::N; ++k) acc[e * V::N + k] += to_acc(v.e[k]);
   }
 }
 

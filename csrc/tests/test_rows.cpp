@@ -8,6 +8,7 @@
 //     that cross several 512-wide slices (or 512-vector sweeps),
 //     targets at both ends and out of range, and chunk rows past the active count left untouched;
 //   * bias_grad_kernel, scatter_rows_kernel (split-K partials and single bf16 rows), gather_rows_kernel.
+// compact_kernel and accumulate_kernel run in test_grouped_engine, behind the grouped engine.
 #include "tests/gpu_emulation.h"  // first: it defines what rows.cuh needs of CUDA
 
 #include <cmath>
