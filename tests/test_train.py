@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from radd_fast.checkpoint import list_checkpoints
-from radd_fast.train import TrainConfig, lr_at, train
+from radd_fast.train import TrainConfig, ema_update, lr_at, train
 
 TINY = {"n_blocks": 2, "hidden_size": 64, "n_heads": 4}
 
@@ -110,6 +110,25 @@ def test_bad_runtime_config(tmp_path):
         train(cfg(tmp_path, "nodata", data=str(tmp_path / "missing.txt")))
     with pytest.raises(ValueError, match="unknown model preset"):
         train(cfg(tmp_path, "nopreset", model="giant"))
+
+
+def test_ema_update_equals_the_per_tensor_update(device):
+    # The foreach update must give exactly what one lerp_ / copy_ per tensor gives (resume is
+    # bit-identical only if every run updates the EMA the same way).
+    from radd_fast.model import RADD, preset
+    model = RADD(preset("tiny")).to(device)
+    names = {k for k, p in model.named_parameters() if p.dtype.is_floating_point}
+    g = torch.Generator().manual_seed(0)
+    ema = {k: (v + torch.randn(v.shape, generator=g).to(device, v.dtype)) if v.dtype.is_floating_point else v.clone()
+           for k, v in model.state_dict().items()}
+    expect = {k: v.clone() for k, v in ema.items()}
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            expect[k].lerp_(v, 1e-3) if k in names else expect[k].copy_(v)
+    ema_update(ema, model.state_dict(), names, 1e-3)
+    assert set(ema) == set(expect) and any(k not in names for k in ema)  # buffers are covered too
+    for k in ema:
+        assert torch.equal(ema[k], expect[k]), k
 
 
 def test_exit_process_flushes_and_keeps_the_exit_code():
