@@ -15,7 +15,7 @@
 //      accumulation reads the count too, so chunks past it cost no pass over the accumulator)
 //   6. grad_b[:nc] += column sums of dlogits
 // Logits are bf16 here (fp32 in the tile engine), as in torch's own bf16 Linear + cross-entropy.
-// Working memory: the R x nc bf16 logits (R from kCudaWorkspaceBytes), hc and grad_h rows (R x D),
+// Working memory: the R x nc bf16 logits (R from kGroupedWorkspaceBytes), hc and grad_h rows (R x D),
 // an fp32 weight-gradient accumulator and one bf16 weight-gradient product (nc x D each).
 // Host-compiled, like every entry point: errors raised here never cross nvcc-compiled frames.
 #include <ATen/core/Tensor.h>
@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backw
 
   // The logits' row stride as torch allocates them: nc rounded up to 16 bytes.
   const int64_t ld = (nc + 7) / 8 * 8;
-  int64_t R = kCudaWorkspaceBytes / (ld * int64_t(sizeof(BFloat16))) / 128 * 128;
+  int64_t R = kGroupedWorkspaceBytes / (ld * int64_t(sizeof(BFloat16))) / 128 * 128;
   R = std::max<int64_t>(128, std::min(R, (N + 127) / 128 * 128));
   if (chunk_rows_override() > 0) R = chunk_rows_override();
   const int64_t chunks = (N + R - 1) / R;

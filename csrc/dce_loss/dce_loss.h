@@ -101,6 +101,12 @@ constexpr int64_t kCpuVocabBlock = 256;
 // so fewer, larger chunks cut that traffic; 256 MiB keeps it under ~15% of the matmul time at
 // N = 64 x 1,024 while the workspace stays O(chunk x V).
 constexpr int64_t kCudaWorkspaceBytes = int64_t(256) << 20;
+// The grouped engine's bf16 logits: R = budget / (row stride * 2), rounded down to 128 = 5,248 rows
+// for GPT-2's vocabulary. Each chunk costs a pass over the fp32 weight-gradient accumulator (~0.1 ms
+// on an H200 at 4.8 TB/s) and each chunk past the active count ~0.1 ms of near-empty launches,
+// against ~1 ms of matmuls per 2,560 active rows at 600 TFLOP/s: at N = 8 x 1,024 (~4,100 active
+// rows) 512 MiB makes that 1 active chunk + 1 empty one instead of 2 + 2 (expected, not measured).
+constexpr int64_t kGroupedWorkspaceBytes = int64_t(512) << 20;
 
 // RADD_FAST_DCE_CHUNK_ROWS=n (n >= 1) overrides the rows per chunk of both kernels: a knob for
 // memory/speed trade-offs, and how the tests make every chunk edge (and empty trailing chunks) occur
