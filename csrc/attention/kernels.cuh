@@ -8,14 +8,24 @@
 // per-tile summaries (tile_stats_kernel) and classify_tile from attention.h, and apply the mask
 // element by element only on partial tiles. The online softmax, the final normalisation and the
 // backward's dS are the RADD_HD functions of attention.h that the CPU kernel (and its tests) share.
+//
+// RADD_GEMM_HOST_EMULATION: compiled by a host compiler on top of csrc/tests/gpu_emulation.h, which
+// runs a block's threads as CPU threads and emulates mma.sync, ldmatrix, cp.async and atomics
+// (csrc/tests/test_attention_kernels.cpp runs every kernel here so, against float64).
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cstdint>
 
-#include "attention/attention.h"
+#ifndef RADD_GEMM_HOST_EMULATION
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include "common/async_copy.cuh"
+// A kernel's dynamic shared memory (its size is the launch's third argument).
+#define RADD_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+#include "attention/attention.h"
 
 namespace radd_fast::attention::cuda {
 
@@ -144,6 +154,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 // 2(l%4)+1, col l/4) -- a B fragment of a matrix stored with k as its rows.
 // csrc/attention/fragment_model.py models these layouts in numpy and replays the index expressions
 // below for every warp; run it after changing any fragment indexing.
+#ifndef RADD_GEMM_HOST_EMULATION
 template <typename T>
 struct MmaType;
 template <>
@@ -175,9 +186,6 @@ struct MmaType<__half> {
   }
 };
 
-using gpu::cp_async_16;
-using gpu::cp_async_commit;
-using gpu::cp_async_wait;
 using gpu::smem_addr;
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
@@ -195,6 +203,21 @@ __device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: 2 ulp, exp
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
+#else  // the emulation's warp-collective versions (csrc/tests/gpu_emulation.h)
+template <typename T>
+struct MmaType {
+  static uint32_t pack(float lo, float hi) { return emu::pack_bf16x2(lo, hi); }
+  static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    emu::mma_m16n8k16_bf16(d, a, b0, b1);
+  }
+};
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { emu::ldmatrix_x4(r, p, false); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { emu::ldmatrix_x4(r, p, true); }
+inline float fast_exp2(float x) { return std::exp2(x); }
+#endif
+using gpu::cp_async_16;
+using gpu::cp_async_commit;
+using gpu::cp_async_wait;
 __device__ __forceinline__ uint32_t lds32(const void* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 constexpr int kMmaTile = 64;    // queries per CTA (forward) = keys per tile = tile of TileStats
@@ -235,7 +258,7 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
                                                                float scale_log2) {
   using M = MmaType<T>;
   constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  RADD_DYNAMIC_SMEM(smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + FwdMmaSmem<T, D>::kTileElems;  // two buffers
   T* Vs = Ks + 2 * FwdMmaSmem<T, D>::kTileElems;
@@ -412,7 +435,7 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
   using M = MmaType<T>;
   using S = BwdMmaSmem<T, D>;
   constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8, STAGES = bwd_stages<D>();
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  RADD_DYNAMIC_SMEM(smem_raw);
   T* Ks = reinterpret_cast<T*>(smem_raw);
   T* Vs = Ks + S::kTileElems;
   T* Qs = Vs + S::kTileElems;             // STAGES buffers
@@ -665,7 +688,7 @@ __global__ void __launch_bounds__(fma_threads<D>()) fwd_fma_kernel(Rows<T> Q, Ro
                                                                     T* __restrict__ lse, MaskParams mp, int64_t H,
                                                                     T scale) {
   constexpr int TPR = fma_tpr<D>(), NK = kFmaTile / TPR, ND = D / TPR, LD = D + 1;
-  extern __shared__ __align__(16) unsigned char smem_raw[];  // FwdFmaSmem<T, D>::kBytes
+  RADD_DYNAMIC_SMEM(smem_raw);  // FwdFmaSmem<T, D>::kBytes
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + kFmaTile * LD;
   T* Vs = Ks + kFmaTile * LD;
@@ -735,7 +758,7 @@ __global__ void __launch_bounds__(fma_threads<D>()) bwd_fma_kernel(Rows<T> Q, Ro
                                                                     T* __restrict__ dk, T* __restrict__ dv,
                                                                     MaskParams mp, int64_t H, T scale) {
   constexpr int TPR = fma_tpr<D>(), NQ = kFmaTile / TPR, ND = D / TPR, LD = D + 1, PLD = kFmaTile + 1;
-  extern __shared__ __align__(16) unsigned char smem_raw[];  // BwdFmaSmem<T, D>::kBytes
+  RADD_DYNAMIC_SMEM(smem_raw);  // BwdFmaSmem<T, D>::kBytes
   T* Ks = reinterpret_cast<T*>(smem_raw);
   T* Vs = Ks + kFmaTile * LD;
   T* Qs = Vs + kFmaTile * LD;
@@ -817,8 +840,12 @@ __global__ void __launch_bounds__(fma_threads<D>()) bwd_fma_kernel(Rows<T> Q, Ro
 }
 
 // Explicit conversions (torch builds with __CUDA_NO_HALF_CONVERSIONS__ / _BFLOAT16_).
+#ifndef RADD_GEMM_HOST_EMULATION
 __device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+#else
+__device__ __forceinline__ float to_acc(EmuBf16 x) { return float(x); }
+#endif
 __device__ __forceinline__ float to_acc(float x) { return x; }
 __device__ __forceinline__ double to_acc(double x) { return x; }
 

@@ -1,4 +1,5 @@
-// Just enough of CUDA to run the kernels of csrc/dce_loss/gemm.cuh and rows.cuh on the CPU: a block's
+// Just enough of CUDA to run the kernels of csrc/dce_loss/gemm.cuh and rows.cuh and
+// csrc/attention/kernels.cuh on the CPU: a block's
 // threads are CPU threads (threadIdx and friends thread-local), __syncthreads is a barrier, shuffles
 // exchange through per-warp slots, static __shared__ arrays are shared by the block, and
 // cp.async copies are deferred until the cp.async.wait that covers their group -- so a pipeline that
@@ -6,10 +7,14 @@
 // barrier of the warp's 32 threads. nvcuda::wmma (16 x 16 x 16, fp32 accumulators) is emulated with
 // each lane holding 8 accumulator elements (in mma.sync's m16n8 layout, twice), and a lane's
 // store_matrix_sync writes land only at its next __syncwarp / __syncthreads, so a warp that reads
-// the stored tile without one reads stale values. EmuBf16 stands for __nv_bfloat16.
+// the stored tile without one reads stale values. mma.sync m16n8k16 (bf16, fp32 accumulators) and
+// ldmatrix.x4 (plain and .trans) are warp collectives: every lane posts its registers or row
+// address, the warp meets, and each lane assembles its result from the PTX ISA's fragment layouts.
+// EmuBf16 stands for __nv_bfloat16.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -28,6 +33,10 @@
 #define __launch_bounds__(...)
 // A kernel's static shared arrays: one copy for all threads (blocks run one at a time).
 #define __shared__ static
+// A kernel's dynamic shared memory: the block's buffer (launch's smem_bytes).
+#define RADD_DYNAMIC_SMEM(name) unsigned char* name = radd_fast::emu::state.smem
+using std::max;
+using std::min;
 
 struct uint4 {
   unsigned x, y, z, w;
@@ -55,7 +64,9 @@ struct ThreadState {
   std::vector<std::vector<Copy>> groups;  // committed, oldest first, not yet landed
   std::vector<std::pair<float*, float>> stores;  // wmma stores, landing at the next barrier
   uint64_t* warp_slots = nullptr;         // 32 exchange slots of this thread's warp (shuffles)
+  uint32_t* warp_words = nullptr;         // 32 x kWords words of this thread's warp (mma, ldmatrix)
 };
+constexpr int kWords = 8;
 
 inline thread_local ThreadState state;
 
@@ -79,6 +90,7 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
         for (unsigned w = 0; w < (threads + 31) / 32; ++w)
           warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - 32 * w)));
         std::vector<uint64_t> slots(32 * ((threads + 31) / 32));
+        std::vector<uint32_t> words(32 * kWords * ((threads + 31) / 32));
         std::vector<std::thread> pool;
         for (unsigned t = 0; t < threads; ++t)
           pool.emplace_back([&, t] {
@@ -86,7 +98,8 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
             blockIdx = {x, y, z};
             blockDim = {threads, 1, 1};
             gridDim = grid;
-            state = ThreadState{&bar, warps[t / 32].get(), base, {}, {}, {}, slots.data() + 32 * (t / 32)};
+            state = ThreadState{&bar,         warps[t / 32].get(), base, {}, {}, {}, slots.data() + 32 * (t / 32),
+                                words.data() + 32 * kWords * (t / 32)};
             kernel();
             // A thread that exits with copies in flight would be a kernel bug: none may remain.
             if (!state.open.empty() || !state.groups.empty() || !state.stores.empty()) std::abort();
@@ -146,6 +159,88 @@ struct EmuBf16 {
     return f;
   }
 };
+
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+  return std::atomic_ref<T>(*p).fetch_add(v);
+}
+
+namespace radd_fast::emu {
+inline uint32_t pack_bf16x2(float lo, float hi) {  // lo in the low half, as __floats2bfloat162_rn
+  return uint32_t(EmuBf16(lo).bits) | uint32_t(EmuBf16(hi).bits) << 16;
+}
+inline float bf16_half(uint32_t w, int i) {  // half i (0: low) of a packed pair
+  const uint32_t u = (i ? w >> 16 : w & 0xFFFFu) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// Posts n words of this lane, lets the warp meet, runs f(words of all 32 lanes, kWords apart), and
+// meets again before the words are reused.
+template <class F>
+inline void warp_collective(const uint32_t* mine, int n, F&& f) {
+  const unsigned lane = threadIdx.x % 32;
+  std::memcpy(state.warp_words + lane * kWords, mine, 4 * n);
+  state.warp_barrier->arrive_and_wait();
+  f(static_cast<const uint32_t*>(state.warp_words));
+  state.warp_barrier->arrive_and_wait();
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with d as both C and D; g = lane / 4,
+// t = lane % 4:  A: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..);
+// B: b0 (rows 2t..2t+1, col g), b1 (rows 2t+8.., col g); C/D: (g, 2t..2t+1), (g+8, 2t..2t+1).
+inline void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
+  float A[16][16], B[16][8];
+  warp_collective(mine, 6, [&](const uint32_t* w) {
+    for (int l = 0; l < 32; ++l) {
+      const uint32_t* r = w + l * kWords;
+      const int g = l / 4, t = l % 4;
+      for (int i = 0; i < 2; ++i) {
+        A[g][2 * t + i] = bf16_half(r[0], i);
+        A[g + 8][2 * t + i] = bf16_half(r[1], i);
+        A[g][2 * t + 8 + i] = bf16_half(r[2], i);
+        A[g + 8][2 * t + 8 + i] = bf16_half(r[3], i);
+        B[2 * t + i][g] = bf16_half(r[4], i);
+        B[2 * t + 8 + i][g] = bf16_half(r[5], i);
+      }
+    }
+  });
+  const int lane = int(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+    float s = d[e];
+    for (int k = 0; k < 16; ++k) s = std::fma(A[row][k], B[k][col], s);
+    d[e] = s;
+  }
+}
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8i..8i+7 give the 16-byte-aligned row
+// addresses of matrix i; register i of lane l gets (row l/4, cols 2(l%4)..+1) of matrix i, or with
+// .trans (rows 2(l%4)..+1, col l/4).
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) std::abort();  // the PTX ISA's requirement
+  uint32_t mine[2];
+  std::memcpy(mine, &p, sizeof p);
+  const int lane = int(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  warp_collective(mine, 2, [&](const uint32_t* w) {
+    auto row = [&](int l) {
+      const uint16_t* q;
+      std::memcpy(&q, w + l * kWords, sizeof q);
+      return q;
+    };
+    for (int i = 0; i < 4; ++i) {
+      uint16_t lo, hi;
+      if (!trans) {
+        lo = row(8 * i + g)[2 * t];
+        hi = row(8 * i + g)[2 * t + 1];
+      } else {
+        lo = row(8 * i + 2 * t)[g];
+        hi = row(8 * i + 2 * t + 1)[g];
+      }
+      r[i] = uint32_t(lo) | uint32_t(hi) << 16;
+    }
+  });
+}
+}  // namespace radd_fast::emu
 
 namespace nvcuda::wmma {
 struct matrix_a {};

@@ -1,0 +1,269 @@
+// The CUDA attention kernels (csrc/attention/kernels.cuh) run on the CPU through gpu_emulation.h:
+// a block's threads as CPU threads, with barriers, warp shuffles, cp.async copies that land only at
+// their wait, and mma.sync / ldmatrix as warp collectives built from the PTX ISA's fragment layouts.
+// The launch sequence is cuda.cu's (tile summaries, forward, delta, backward); results are checked
+// against a float64 computation from the same stored inputs, for
+//   * the bf16 tensor-core kernels (fwd_mma_kernel, bwd_mma_kernel) and the fp32 / fp64 FMA kernels,
+//   * head_dim 32, 64 and 128; L = 1, 7 and lengths that end inside a tile; B x heads > 1,
+//   * no mask, key padding, and order masks (causal, any-order, prefix, block; strict and not),
+//     including queries that see no key (zeros, lse -inf, zero gradients),
+//   * q, k, v as views of a packed (B, L, 3, H, D) tensor (the model's layout).
+#include "tests/gpu_emulation.h"  // first: it defines what kernels.cuh needs of CUDA
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "attention/kernels.cuh"
+#include "tests/test_util.h"
+
+namespace cu = radd_fast::attention::cuda;
+using radd_fast::emu::launch;
+
+namespace {
+
+struct Case {
+  int B, H, L;
+  std::string mask;  // none | pad | causal | anyorder | prefix | block
+  bool strict;
+  bool packed;
+};
+
+struct Mask {
+  std::vector<int64_t> order;  // empty: none
+  std::vector<uint8_t> pad;    // empty: none (bool storage)
+};
+
+Mask make_mask(const Case& c, std::mt19937& rng) {
+  Mask m;
+  const int B = c.B, L = c.L;
+  if (c.mask == "pad") {
+    m.pad.resize(size_t(B) * L);
+    for (auto& p : m.pad) p = rng() % 4 != 0;
+    if (B > 1)
+      for (int j = 0; j < L; ++j) m.pad[j] = 0;  // sequence 0: no valid key at all
+  } else if (c.mask != "none") {
+    m.order.resize(size_t(B) * L);
+    for (int b = 0; b < B; ++b) {
+      int64_t* o = m.order.data() + size_t(b) * L;
+      const int prefix = L / 3;
+      for (int i = 0; i < L; ++i) {
+        if (c.mask == "causal" || c.mask == "anyorder") o[i] = i;
+        else if (c.mask == "prefix") o[i] = i < prefix ? 0 : i;
+        else o[i] = i / 16;  // block: 16-position blocks see earlier blocks (and their own unless strict)
+      }
+      if (c.mask == "anyorder") std::shuffle(o, o + L, rng);
+    }
+    if (c.mask == "anyorder" && L > 3) {  // with padding too, so some queries see nothing
+      m.pad.resize(size_t(B) * L);
+      for (auto& p : m.pad) p = rng() % 5 != 0;
+    }
+  }
+  return m;
+}
+
+bool allowed(const Mask& m, int L, int b, int i, int j, bool strict) {
+  if (!m.pad.empty() && !m.pad[size_t(b) * L + j]) return false;
+  if (m.order.empty()) return true;
+  const int64_t oi = m.order[size_t(b) * L + i], oj = m.order[size_t(b) * L + j];
+  return strict ? oj < oi : oj <= oi;
+}
+
+inline double float_or(double x) { return x; }
+inline double float_or(float x) { return x; }
+inline double float_or(EmuBf16 x) { return float(x); }
+
+// Relative error of `got` against `want`, over the largest magnitude of `want` (1 if all zero).
+template <typename G>
+double rel_err(const std::vector<G>& got, const std::vector<double>& want) {
+  double scale = 0, err = 0;
+  for (double w : want) scale = std::max(scale, std::abs(w));
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double g = double(float_or(got[i]));
+    if (std::isnan(g)) return INFINITY;
+    err = std::max(err, std::abs(g - want[i]));
+  }
+  return err / (scale > 0 ? scale : 1.0);
+}
+
+template <typename T, int D>
+void run_case(const Case& c, unsigned seed) {
+  constexpr bool kMma = std::is_same_v<T, EmuBf16>;
+  using Lse = std::conditional_t<kMma, float, T>;  // the kernels' lse / delta type
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const int B = c.B, H = c.H, L = c.L;
+  const size_t n = size_t(B) * L * H * D;
+  // Storage: packed (B, L, 3, H, D) or three contiguous (B, L, H, D) tensors.
+  const int64_t sl = (c.packed ? 3 : 1) * int64_t(H) * D, sb = sl * L;
+  std::vector<T> qkv(size_t(3) * n);
+  for (auto& x : qkv) x = T(normal(rng) * 1.5);
+  const T* qp = qkv.data();
+  const T* kp = c.packed ? qp + int64_t(H) * D : qp + n;
+  const T* vp = c.packed ? qp + 2 * int64_t(H) * D : qp + 2 * n;
+  std::vector<T> dout(n);
+  for (auto& x : dout) x = T(normal(rng));
+  auto at = [&](const T* p, int b, int l, int h, int d) { return double(float_or(p[b * sb + l * sl + h * D + d])); };
+  const Mask mk = make_mask(c, rng);
+  const double scale = 1.0 / std::sqrt(double(D));
+
+  // ---- float64 reference
+  std::vector<double> o_ref(n, 0.0), lse_ref(size_t(B) * H * L), dq_ref(n, 0.0), dk_ref(n, 0.0), dv_ref(n, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < L; ++i) {
+        std::vector<double> s(L, -INFINITY);
+        double mx = -INFINITY;
+        for (int j = 0; j < L; ++j) {
+          if (!allowed(mk, L, b, i, j, c.strict)) continue;
+          double acc = 0;
+          for (int d = 0; d < D; ++d) acc += at(qp, b, i, h, d) * at(kp, b, j, h, d);
+          s[j] = acc * scale;
+          mx = std::max(mx, s[j]);
+        }
+        const size_t orow = ((size_t(b) * L + i) * H + h) * D;
+        if (mx == -INFINITY) {
+          lse_ref[(size_t(b) * H + h) * L + i] = -INFINITY;
+          continue;
+        }
+        double sum = 0;
+        for (int j = 0; j < L; ++j) sum += s[j] == -INFINITY ? 0 : std::exp(s[j] - mx);
+        lse_ref[(size_t(b) * H + h) * L + i] = mx + std::log(sum);
+        std::vector<double> p(L);
+        for (int j = 0; j < L; ++j) p[j] = s[j] == -INFINITY ? 0 : std::exp(s[j] - mx) / sum;
+        for (int j = 0; j < L; ++j)
+          for (int d = 0; d < D; ++d) o_ref[orow + d] += p[j] * at(vp, b, j, h, d);
+        double delta = 0;
+        for (int d = 0; d < D; ++d) delta += double(float_or(dout[orow + d])) * o_ref[orow + d];
+        for (int j = 0; j < L; ++j) {
+          if (p[j] == 0) continue;
+          double dp = 0;
+          for (int d = 0; d < D; ++d) dp += double(float_or(dout[orow + d])) * at(vp, b, j, h, d);
+          const double ds = p[j] * (dp - delta) * scale;
+          const size_t krow = ((size_t(b) * L + j) * H + h) * D;
+          for (int d = 0; d < D; ++d) {
+            dq_ref[orow + d] += ds * at(kp, b, j, h, d);
+            dk_ref[krow + d] += ds * at(qp, b, i, h, d);
+            dv_ref[krow + d] += p[j] * double(float_or(dout[orow + d]));
+          }
+        }
+      }
+
+  // ---- the kernels, launched as cuda.cu launches them
+  const int64_t tile = kMma ? cu::kMmaTile : cu::kFmaTile, n_t = (L + tile - 1) / tile;
+  std::vector<cu::TileStats> stats(size_t(B) * n_t);
+  cu::MaskParams mp;
+  mp.L = L;
+  mp.n_tiles = n_t;
+  mp.strict = c.strict;
+  if (!mk.order.empty()) mp.order = mk.order.data();
+  if (!mk.pad.empty()) mp.pad = reinterpret_cast<const bool*>(mk.pad.data());
+  if (mp.order || mp.pad) {
+    const int64_t count = B * n_t;
+    launch(EmuDim3{unsigned((count * 32 + 255) / 256), 1, 1}, 256, 0,
+           [&] { cu::tile_stats_kernel(mp, tile, stats.data(), count); });
+    mp.stats = stats.data();
+  }
+  const cu::Rows<T> Q{qp, sb, sl, D}, K{kp, sb, sl, D}, V{vp, sb, sl, D}, dO{dout.data(), int64_t(L) * H * D, int64_t(H) * D, D};
+  std::vector<T> out(n, T(-99.0));
+  std::vector<Lse> lse(size_t(B) * H * L, Lse(-99));
+  const unsigned grid = unsigned(B * H * n_t);
+  const float scale_f = float(scale);
+  if constexpr (kMma) {
+    launch(EmuDim3{grid, 1, 1}, cu::kMmaThreads, cu::FwdMmaSmem<T, D>::kBytes, [&] {
+      cu::fwd_mma_kernel<T, D>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
+    });
+  } else {
+    launch(EmuDim3{grid, 1, 1}, cu::fma_threads<D>(), cu::FwdFmaSmem<T, D>::kBytes,
+           [&] { cu::fwd_fma_kernel<T, D>(Q, K, V, out.data(), lse.data(), mp, H, T(scale)); });
+  }
+  std::vector<Lse> delta(size_t(B) * H * L);
+  const int64_t warps = int64_t(B) * L * H;
+  launch(EmuDim3{unsigned((warps * 32 + 255) / 256), 1, 1}, 256, 0, [&] {
+    cu::delta_kernel<T, Lse>(dO, out.data(), nullptr, delta.data(), B, L, H, D);
+  });
+  std::vector<T> dk(n, T(-99.0)), dv(n, T(-99.0));
+  std::vector<Lse> dq(n, Lse(0));  // bf16: the fp32 accumulator; fp32 / fp64: dq itself (zeroed)
+  if constexpr (kMma) {
+    launch(EmuDim3{grid, 1, 1}, cu::kMmaThreads, cu::BwdMmaSmem<T, D>::kBytes, [&] {
+      cu::bwd_mma_kernel<T, D>(Q, K, V, dO, lse.data(), delta.data(), dk.data(), dv.data(), dq.data(), mp, H,
+                               scale_f, scale_f * cu::kLog2e);
+    });
+  } else {
+    launch(EmuDim3{grid, 1, 1}, cu::fma_threads<D>(), cu::BwdFmaSmem<T, D>::kBytes, [&] {
+      cu::bwd_fma_kernel<T, D>(Q, K, V, dO, lse.data(), delta.data(), dq.data(), dk.data(), dv.data(), mp, H,
+                               T(scale));
+    });
+  }
+
+  // bf16: outputs are rounded to bf16 and P, dS pass through bf16 on their way into the tensor
+  // cores (2^-9 relative each); a misplaced fragment is off by O(1).
+  const double tol = kMma ? 3e-2 : std::is_same_v<T, float> ? 2e-5 : 1e-12;
+  char what[160];
+  std::snprintf(what, sizeof what, "%s D=%d B=%d H=%d L=%d mask=%s strict=%d packed=%d", kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, B, H, L,
+                c.mask.c_str(), int(c.strict), int(c.packed));
+  double lse_err = 0;
+  for (size_t i = 0; i < lse.size(); ++i) {
+    const double w = lse_ref[i], g = double(lse[i]);
+    if (w == -INFINITY) lse_err = std::max(lse_err, g == -INFINITY ? 0.0 : INFINITY);
+    else lse_err = std::max(lse_err, std::abs(g - w) / std::max(1.0, std::abs(w)));
+  }
+  const double e_o = rel_err(out, o_ref), e_q = rel_err(dq, dq_ref), e_k = rel_err(dk, dk_ref), e_v = rel_err(dv, dv_ref);
+  EXPECT(e_o <= tol, "%s: out error %.3g", what, e_o);
+  EXPECT(lse_err <= (kMma ? 1e-5 : tol), "%s: lse error %.3g", what, lse_err);
+  EXPECT(e_q <= tol, "%s: dq error %.3g", what, e_q);
+  EXPECT(e_k <= tol, "%s: dk error %.3g", what, e_k);
+  EXPECT(e_v <= tol, "%s: dv error %.3g", what, e_v);
+  // A query that sees no key: exact zeros, not NaN (o_ref and dq_ref are exactly 0 there).
+  for (size_t i = 0; i < lse_ref.size(); ++i) {
+    if (lse_ref[i] != -INFINITY) continue;
+    const size_t bh = i / L, l = i % L, b = bh / H, h = bh % H;
+    const size_t row = ((b * L + l) * H + h) * D;
+    for (int d = 0; d < D; ++d) {
+      EXPECT(float_or(out[row + d]) == 0.0, "%s: query without keys has output %g", what, double(float_or(out[row + d])));
+      EXPECT(float_or(dq[row + d]) == 0.0, "%s: query without keys has dq %g", what, double(float_or(dq[row + d])));
+      if (d > 0) break;  // one element per row is enough to report
+    }
+  }
+  std::printf("%-70s out %.1e lse %.1e dq %.1e dk %.1e dv %.1e\n", what, e_o, lse_err, e_q, e_k, e_v);
+}
+
+template <typename T, int D>
+void run_all(const std::vector<Case>& cases, unsigned seed) {
+  for (const Case& c : cases) run_case<T, D>(c, seed++);
+}
+
+}  // namespace
+
+int main() {
+  // Lengths: 130 = two full tiles of 64 plus two rows (a partial last tile), 70 for the 32-wide FMA
+  // tiles, 7 (one partial tile), 1.
+  const std::vector<Case> mma_cases = {
+      {2, 2, 130, "none", false, true},    {2, 1, 130, "pad", false, false},   {1, 2, 130, "causal", false, true},
+      {1, 2, 130, "causal", true, false},  {2, 1, 130, "anyorder", true, true}, {1, 2, 130, "prefix", false, false},
+      {1, 1, 130, "block", true, true},    {2, 3, 7, "anyorder", false, false}, {1, 1, 1, "none", false, false},
+      {2, 1, 1, "causal", true, true},
+  };
+  const std::vector<Case> small = {
+      {2, 2, 130, "none", false, true},
+      {2, 1, 130, "anyorder", true, false},
+      {1, 2, 7, "causal", false, true},
+  };
+  run_all<EmuBf16, 64>(mma_cases, 1);
+  run_all<EmuBf16, 32>(small, 100);
+  run_all<EmuBf16, 128>(small, 200);
+  const std::vector<Case> fma_cases = {
+      {2, 2, 70, "none", false, true},     {2, 1, 70, "pad", false, false},   {1, 2, 70, "causal", true, true},
+      {2, 1, 70, "anyorder", false, false}, {1, 1, 70, "block", false, true}, {1, 1, 1, "none", false, false},
+  };
+  run_all<float, 64>(fma_cases, 300);
+  run_all<float, 32>({fma_cases[1], fma_cases[3]}, 400);
+  run_all<float, 128>({fma_cases[0], fma_cases[2]}, 500);
+  run_all<double, 64>({fma_cases[0], fma_cases[3]}, 600);
+  if (radd_fast::test::failures()) std::fprintf(stderr, "%d failures\n", radd_fast::test::failures());
+  return radd_fast::test::failures() == 0 ? 0 : 1;
+}
