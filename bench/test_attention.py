@@ -59,7 +59,7 @@ def run_case(bench, device, dtype, shape, kind, impl, pass_):
 
         def forward():
             return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
-    elif impl == "fused":
+    elif impl in ("fused", "fused-q64"):  # fused-q64: the caller set RADD_FAST_ATTENTION_QUERY_TILE=64
         def forward():
             return radd_fast.masked_attention(q, k, v, pad, order, impl="fused")
     else:
@@ -110,3 +110,12 @@ def test_attention_cuda(bench, device, impl, pass_, shape):
 def test_attention_cuda_causal(bench, device, impl):
     # Tile skipping on the GPU: half of the tiles are hidden.
     run_case(bench, device, torch.bfloat16, CUDA_SHAPES[0], "causal", impl, "fwd")
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("kind", ["bidirectional", "causal"])
+def test_attention_cuda_q64(bench, device, kind, monkeypatch):
+    # The bf16 forward on 64-query blocks (RADD_FAST_ATTENTION_QUERY_TILE=64) in the groups of the
+    # default 128-query blocks (head_dim 64): what the larger block is worth on this GPU.
+    monkeypatch.setenv("RADD_FAST_ATTENTION_QUERY_TILE", "64")
+    run_case(bench, device, torch.bfloat16, CUDA_SHAPES[0], kind, "fused-q64", "fwd")

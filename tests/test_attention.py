@@ -422,6 +422,36 @@ def test_cuda_rejects_unsupported_head_dim(device):
     torch.testing.assert_close(radd_fast.masked_attention(q, q, q), R.masked_attention(q, q, q))
 
 
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("D", [32, 64])
+@pytest.mark.parametrize("pattern", ["none", "causal", "any_order"])
+@pytest.mark.parametrize("tile", ["auto", "64"])
+def test_cuda_bf16_forward_query_tiles(device, monkeypatch, D, pattern, tile):
+    # head_dim 32 and 64 run the bf16 forward on 128-query blocks by default, and on 64-query blocks
+    # under RADD_FAST_ATTENTION_QUERY_TILE=64. L = 200: a second block whose last warps have no row
+    # inside L, and (causal) warps of one block that skip a key tile next to warps that use it.
+    monkeypatch.setenv("RADD_FAST_ATTENTION_QUERY_TILE", tile)
+    B, L, H = 2, 200, 3
+    q, k, v = qkv(B, L, H, D, torch.bfloat16, device)
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, "empty_row")
+    out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+    truth, truth_lse = R.masked_attention(q.double(), k.double(), v.double(), padm, order, return_lse=True)
+    assert ((out.double() - truth).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
+    seen = torch.isfinite(truth_lse)
+    assert (~seen).any() and torch.equal(torch.isfinite(lse), seen)
+    torch.testing.assert_close(lse.double()[seen], truth_lse[seen], rtol=1e-5, atol=1e-5)
+    assert_no_key_rows_are_zero(out, padm, order, False)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+def test_cuda_query_tile_setting_is_checked(device, monkeypatch):
+    monkeypatch.setenv("RADD_FAST_ATTENTION_QUERY_TILE", "96")
+    q = torch.randn(1, 8, 2, 64, device=device, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_QUERY_TILE must be 'auto' or '64', got '96'"):
+        radd_fast.ops.masked_attention_fwd(q, q, q, None, None, False, 0.125)
+
+
 # ------------------------------------------------------------------------- impl="auto" on CUDA
 def _like(device, dtype, D):
     """Stands for q in sdpa_is_faster, which reads only device, dtype and shape (no GPU needed)."""

@@ -87,23 +87,30 @@ void set_smem(K kernel, size_t bytes) {
 }
 
 template <typename T, int D>
-size_t smem_of(bool backward) {
+size_t smem_of(bool backward, int query_tile) {
   constexpr bool mma = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
-  if constexpr (mma) return backward ? BwdMmaSmem<T, D>::kBytes : FwdMmaSmem<T, D>::kBytes;
-  else return backward ? BwdFmaSmem<T, D>::kBytes : FwdFmaSmem<T, D>::kBytes;
+  if constexpr (mma) {
+    if (backward) return BwdMmaSmem<T, D>::kBytes;
+    if constexpr (D <= 64) {
+      if (query_tile == 128) return FwdMmaSmem<T, D, 2>::kBytes;
+    }
+    return FwdMmaSmem<T, D, 1>::kBytes;
+  } else {
+    return backward ? BwdFmaSmem<T, D>::kBytes : FwdFmaSmem<T, D>::kBytes;
+  }
 }
 
 }  // namespace
 
-size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward) {
+size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, int query_tile) {
   size_t bytes = 0;
   with_head_dim(head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
     switch (dtype) {
-      case at::kBFloat16: bytes = smem_of<__nv_bfloat16, D>(backward); break;
-      case at::kHalf: bytes = smem_of<__half, D>(backward); break;
-      case at::kFloat: bytes = smem_of<float, D>(backward); break;
-      default: bytes = smem_of<double, D>(backward); break;
+      case at::kBFloat16: bytes = smem_of<__nv_bfloat16, D>(backward, query_tile); break;
+      case at::kHalf: bytes = smem_of<__half, D>(backward, query_tile); break;
+      case at::kFloat: bytes = smem_of<float, D>(backward, query_tile); break;
+      default: bytes = smem_of<double, D>(backward, query_tile); break;
     }
   });
   return bytes;
@@ -111,21 +118,29 @@ size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward) {
 
 namespace {
 // ---------------------------------------------------------------------------------- forward
+template <typename T, int D, int MT>
+void launch_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp,
+                    double scale, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
+  const int64_t B = q.size(0), L = q.size(1), H = q.size(2), rows_per_block = MT * kMmaTile;
+  const int64_t grid = grid_size(B * H * ((L + rows_per_block - 1) / rows_per_block));
+  auto kernel = fwd_mma_kernel<T, D, MT>;
+  constexpr size_t smem = FwdMmaSmem<T, D, MT>::kBytes;
+  set_smem(kernel, smem);
+  kernel<<<grid, kMmaThreads, smem, stream>>>(rows<T>(q), rows<T>(k), rows<T>(v), reinterpret_cast<T*>(out.data_ptr()),
+                                              lse.data_ptr<float>(), mp, H, static_cast<float>(scale) * kLog2e);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename T>
 void fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp, double scale,
-             at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
-  const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
-  const int64_t grid = grid_size(B * H * ((L + kMmaTile - 1) / kMmaTile));
+             int query_tile, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
   const at::Tensor qa = aligned16(q), ka = aligned16(k), va = aligned16(v);
   with_head_dim(q.size(3), [&](auto d) {
     constexpr int D = decltype(d)::value;
-    auto kernel = fwd_mma_kernel<T, D>;
-    constexpr size_t smem = FwdMmaSmem<T, D>::kBytes;
-    set_smem(kernel, smem);
-    kernel<<<grid, kMmaThreads, smem, stream>>>(rows<T>(qa), rows<T>(ka), rows<T>(va),
-                                                reinterpret_cast<T*>(out.data_ptr()), lse.data_ptr<float>(), mp, H,
-                                                static_cast<float>(scale) * kLog2e);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if constexpr (D <= 64) {  // 128-query blocks at head_dim 128 spill registers (see kernels.cuh)
+      if (query_tile == 128) return launch_fwd_mma<T, D, 2>(qa, ka, va, mp, scale, out, lse, stream);
+    }
+    launch_fwd_mma<T, D, 1>(qa, ka, va, mp, scale, out, lse, stream);
   });
 }
 
@@ -149,7 +164,8 @@ void fwd_fma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
 
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const c10::optional<at::Tensor>& key_padding_mask,
-                                       const c10::optional<at::Tensor>& order, bool strict, double scale) {
+                                       const c10::optional<at::Tensor>& order, bool strict, double scale,
+                                       int query_tile) {
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({B, H, L}, q.options().dtype(acc_dtype(q.scalar_type())));
@@ -159,8 +175,8 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   const bool mma = dt == at::kBFloat16 || dt == at::kHalf;
   const DeviceMask mk = prepare_mask(key_padding_mask, order, strict, B, L, mma ? kMmaTile : kFmaTile, q, stream);
   switch (dt) {
-    case at::kBFloat16: fwd_mma<__nv_bfloat16>(q, k, v, mk.params, scale, out, lse, stream); break;
-    case at::kHalf: fwd_mma<__half>(q, k, v, mk.params, scale, out, lse, stream); break;
+    case at::kBFloat16: fwd_mma<__nv_bfloat16>(q, k, v, mk.params, scale, query_tile, out, lse, stream); break;
+    case at::kHalf: fwd_mma<__half>(q, k, v, mk.params, scale, query_tile, out, lse, stream); break;
     case at::kFloat: fwd_fma<float>(q, k, v, mk.params, scale, out, lse, stream); break;
     case at::kDouble: fwd_fma<double>(q, k, v, mk.params, scale, out, lse, stream); break;
     default: TORCH_CHECK(false, "unreachable");  // check_fwd_args checked the dtype

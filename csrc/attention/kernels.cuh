@@ -1,8 +1,9 @@
 // CUDA kernels of radd_fast::masked_attention_fwd / _bwd (host side: cuda.cu).
 //
 //   * bf16 / fp16: FlashAttention-2-style kernels on tensor cores (mma.sync m16n8k16, fp32
-//     accumulation, sm_80+), 64-query x 64-key tiles, 4 warps, K/V (forward) and Q/dO (backward)
-//     tiles streamed through shared memory with cp.async.
+//     accumulation, sm_80+), 4 warps, 128 (or 64) queries x 64-key tiles in the forward and 64 keys
+//     x 64-query tiles in the backward, K/V (forward) and Q/dO (backward) tiles streamed through
+//     shared memory with cp.async.
 //   * fp32 / fp64: the same tiling with plain FMAs (32 x 32 tiles), exact in the input precision.
 // Both skip every (query tile, key tile) pair that the order / padding mask hides entirely, using
 // per-tile summaries (tile_stats_kernel) and classify_tile from attention.h, and apply the mask
@@ -152,8 +153,8 @@ constexpr float kLn2 = 0.6931471805599453f;
 // and register i receives matrix i. Without .trans lane l gets (row l/4, cols 2(l%4), 2(l%4)+1) of
 // each matrix -- an A or B fragment piece of a row-major tile; with .trans it gets (rows 2(l%4),
 // 2(l%4)+1, col l/4) -- a B fragment of a matrix stored with k as its rows.
-// csrc/attention/fragment_model.py models these layouts in numpy and replays the index expressions
-// below for every warp; run it after changing any fragment indexing.
+// csrc/tests/gpu_emulation.h implements these layouts for the CPU, and test_attention_kernels runs
+// the kernels below on it: run it (ctest) after changing any fragment indexing.
 #ifndef RADD_GEMM_HOST_EMULATION
 template <typename T>
 struct MmaType;
@@ -220,8 +221,8 @@ using gpu::cp_async_commit;
 using gpu::cp_async_wait;
 __device__ __forceinline__ uint32_t lds32(const void* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-constexpr int kMmaTile = 64;    // queries per CTA (forward) = keys per tile = tile of TileStats
-constexpr int kMmaWarps = 4;    // 16 rows each
+constexpr int kMmaTile = 64;    // keys per tile = tile of TileStats = queries per backward step
+constexpr int kMmaWarps = 4;    // 16 rows each (forward: 16 MT)
 constexpr int kMmaThreads = kMmaWarps * 32;
 
 // Shared-memory row stride of a 64 x D tile, in elements: D + 8 pads each row by 16 bytes, so the
@@ -232,12 +233,12 @@ constexpr int smem_ld() {
   return D + 8;
 }
 
-// Copies rows [row0, row0 + 64) of one head into a smem tile (zeros past L).
-template <typename T, int D>
+// Copies rows [row0, row0 + ROWS) of one head into a smem tile (zeros past L).
+template <typename T, int D, int ROWS = kMmaTile>
 __device__ __forceinline__ void load_tile_async(T* smem, const Rows<T>& src, int64_t b, int64_t row0, int64_t h,
                                                 int64_t L) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int i = threadIdx.x; i < kMmaTile * kChunks; i += kMmaThreads) {
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += kMmaThreads) {
     const int r = i / kChunks, c = i % kChunks;
     const bool ok = row0 + r < L;
     const T* g = src.row(b, ok ? row0 + r : row0, h) + c * 8;
@@ -246,31 +247,63 @@ __device__ __forceinline__ void load_tile_async(T* smem, const Rows<T>& src, int
 }
 
 // ---------------------------------------------------------------------------- forward (mma)
-template <typename T, int D>
+// CTA = (b, h, 64 MT queries), 4 warps; warp w owns the 16 MT query rows q0 + 16 MT w + [0, 16 MT)
+// as MT m-tiles of 16, so that every K / V fragment loaded from shared memory feeds MT mma
+// instructions. MT = 1 (64 queries per CTA) does one mma per 16 bytes of ldmatrix per lane; MT = 2
+// (128 queries, FlashAttention-2's tile for head_dim <= 128) does two, halving the shared-memory
+// traffic per FLOP and the K / V reads from L2 per query. Key tiles are 64 keys either way (the tile
+// of TileStats); a warp's rows lie in one 64-query stats tile, so each warp skips the key tiles
+// hidden from its own rows, and the CTA loads a key tile only if some warp needs it.
+template <typename T, int D, int MT>
 struct FwdMmaSmem {
-  static constexpr int kTileElems = kMmaTile * smem_ld<D>();
-  static constexpr size_t kBytes = sizeof(T) * 5 * kTileElems;  // Q, K x 2, V x 2
+  static constexpr int kTileElems = kMmaTile * smem_ld<D>();                   // one K or V tile
+  static constexpr int kQElems = MT * kTileElems;                              // the CTA's queries
+  static constexpr size_t kBytes = sizeof(T) * (kQElems + 4 * kTileElems);    // Q, K x 2, V x 2
 };
+// Whether a warp keeps its Q fragments in registers for the whole kernel (MT x D / 4 registers per
+// lane); otherwise they are reloaded from shared memory by ldmatrix at each key tile. With MT = 2
+// the scores and the output accumulator take 64 + D / 2 registers per lane; ptxas (CUDA 13,
+// sm_90a) then spilled 140 bytes at head_dim 64 with Q kept there too, and 232 at head_dim 128
+// even without (which is why cuda.cu runs MT = 2 at head_dim 32 and 64 only).
+template <int D, int MT>
+constexpr bool fwd_q_in_registers() {
+  return MT == 1;
+}
 
-template <typename T, int D>
+// The first key tile >= kt that some query tile in [qt_lo, qt_hi) sees part of (n_kt if none).
+__device__ __forceinline__ int64_t next_key_tile_any(const MaskParams& mp, int64_t b, int64_t qt_lo, int64_t qt_hi,
+                                                     int64_t kt, int64_t n_kt, int64_t tile) {
+  for (; kt < n_kt; ++kt)
+    for (int64_t qt = qt_lo; qt < qt_hi; ++qt)
+      if (tile_visibility(mp, b, qt, kt, tile) != kTileHidden) return kt;
+  return n_kt;
+}
+
+template <typename T, int D, int MT>
 __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, T* __restrict__ out,
                                                                float* __restrict__ lse, MaskParams mp, int64_t H,
                                                                float scale_log2) {
   using M = MmaType<T>;
-  constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8;
+  using S = FwdMmaSmem<T, D, MT>;
+  constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8, QROWS = MT * kMmaTile;
+  constexpr bool kQRegs = fwd_q_in_registers<D, MT>();
   RADD_DYNAMIC_SMEM(smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
-  T* Ks = Qs + FwdMmaSmem<T, D>::kTileElems;  // two buffers
-  T* Vs = Ks + 2 * FwdMmaSmem<T, D>::kTileElems;
+  T* Ks = Qs + S::kQElems;  // two buffers
+  T* Vs = Ks + 2 * S::kTileElems;
 
-  const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile;
-  const int64_t qt = blockIdx.x % n_t, bh = blockIdx.x / n_t, b = bh / H, h = bh % H;
-  const int64_t q0 = qt * kMmaTile;
+  const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile, n_q = (L + QROWS - 1) / QROWS;
+  const int64_t qb = blockIdx.x % n_q, bh = blockIdx.x / n_q, b = bh / H, h = bh % H;
+  const int64_t q0 = qb * QROWS;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int wrow = warp * 16 * MT;                       // the warp's first row in the CTA's tile
+  const int64_t qt_lo = q0 / kMmaTile, qt_hi = min(qt_lo + MT, n_t);  // the CTA's stats tiles
+  const int64_t qt_w = (q0 + wrow) / kMmaTile;           // the warp's stats tile
+  const bool warp_live = qt_w < n_t;                     // false: all of the warp's rows are past L
 
-  load_tile_async<T, D>(Qs, Q, b, q0, h, L);
+  load_tile_async<T, D, QROWS>(Qs, Q, b, q0, h, L);
   cp_async_commit();
-  int64_t kt = next_key_tile(mp, b, qt, 0, n_t, kMmaTile);
+  int64_t kt = next_key_tile_any(mp, b, qt_lo, qt_hi, 0, n_t, kMmaTile);
   if (kt < n_t) {
     load_tile_async<T, D>(Ks, K, b, kt * kMmaTile, h, L);
     load_tile_async<T, D>(Vs, V, b, kt * kMmaTile, h, L);
@@ -279,112 +312,150 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
   cp_async_wait<1>();  // Q has landed
   __syncthreads();
 
-  // This warp's 16 query rows as A fragments, for every 16-wide k step of D.
-  uint32_t qf[KS][4];
-  {
-    const T* r0 = Qs + (warp * 16 + g) * LD + 2 * t4;
-    const T* r1 = r0 + 8 * LD;
+  // A fragments of the warp's rows: m-tile mt, k step ks (columns 16 ks .. 16 ks + 15). ldmatrix.x4
+  // with matrix i = rows 8 (i & 1), columns 8 (i >> 1) of the 16 x 16 block gives a[0..3] in order.
+  const T* qa_ptr = Qs + (wrow + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+  uint32_t qf[kQRegs ? MT : 1][kQRegs ? KS : 1][4];
+  if constexpr (kQRegs) {
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
-      qf[ks][0] = lds32(r0 + ks * 16);
-      qf[ks][1] = lds32(r1 + ks * 16);
-      qf[ks][2] = lds32(r0 + ks * 16 + 8);
-      qf[ks][3] = lds32(r1 + ks * 16 + 8);
-    }
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(qf[mt][ks], qa_ptr + mt * 16 * LD + ks * 16);
   }
-  const int64_t row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-  const int64_t oq[2] = {query_order(mp, b, row[0]), query_order(mp, b, row[1])};
-  float m[2] = {neg_inf<float>(), neg_inf<float>()}, l[2] = {0.f, 0.f};
-  float o[ND][4];
+  // Row r of m-tile mt of this lane: q0 + wrow + 16 mt + g + 8 r (recomputed where needed, as are
+  // the rows' orders: registers are what limits this kernel).
+  float m[MT][2], l[MT][2], o[MT][ND][4];
 #pragma unroll
-  for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) m[mt][r] = neg_inf<float>(), l[mt][r] = 0.f;
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) o[mt][nd][0] = o[mt][nd][1] = o[mt][nd][2] = o[mt][nd][3] = 0.f;
+  }
 
   int buf = 0;
   while (kt < n_t) {
-    const int64_t nxt = next_key_tile(mp, b, qt, kt + 1, n_t, kMmaTile);
-    if (nxt < n_t) {  // prefetch the next visible tile into the other buffer
-      load_tile_async<T, D>(Ks + (buf ^ 1) * FwdMmaSmem<T, D>::kTileElems, K, b, nxt * kMmaTile, h, L);
-      load_tile_async<T, D>(Vs + (buf ^ 1) * FwdMmaSmem<T, D>::kTileElems, V, b, nxt * kMmaTile, h, L);
+    const int64_t nxt = next_key_tile_any(mp, b, qt_lo, qt_hi, kt + 1, n_t, kMmaTile);
+    if (nxt < n_t) {  // prefetch the next needed tile into the other buffer
+      load_tile_async<T, D>(Ks + (buf ^ 1) * S::kTileElems, K, b, nxt * kMmaTile, h, L);
+      load_tile_async<T, D>(Vs + (buf ^ 1) * S::kTileElems, V, b, nxt * kMmaTile, h, L);
     }
     cp_async_commit();
     cp_async_wait<1>();  // the current tile has landed
     __syncthreads();
-    const T* Kb = Ks + buf * FwdMmaSmem<T, D>::kTileElems;
-    const T* Vb = Vs + buf * FwdMmaSmem<T, D>::kTileElems;
+    const T* Kb = Ks + buf * S::kTileElems;
+    const T* Vb = Vs + buf * S::kTileElems;
     const int64_t k0 = kt * kMmaTile;
-
-    // S = Q K^T for 16 rows x 64 keys: 8 n-tiles of 8 keys. B[k = d][n = key] = K[key][d], so
-    // b[0] is the pair K[key g][2t, 2t+1] of the k step: the non-transposed ldmatrix piece of the
-    // 8 x 8 block (keys, d). One x4 covers n-tiles nt, nt + 1 of a k step: matrix i holds keys
-    // nt * 8 + 8 (i >> 1) .. + 7 and d columns 16 ks + 8 (i & 1) .. + 7.
-    float s[8][4];
+    // Warp-uniform: a warp whose rows see nothing of this tile only keeps the barriers.
+    const int vis = warp_live ? tile_visibility(mp, b, qt_w, kt, kMmaTile) : int(kTileHidden);
+    if (vis != kTileHidden) {
+      // S = Q K^T for 16 MT rows x 64 keys: 8 n-tiles of 8 keys per m-tile. B[k = d][n = key] =
+      // K[key][d], so b[0] is the pair K[key g][2t, 2t+1] of the k step: the non-transposed
+      // ldmatrix piece of the 8 x 8 block (keys, d). One x4 covers n-tiles nt, nt + 1 of a k step:
+      // matrix i holds keys nt * 8 + 8 (i >> 1) .. + 7 and d columns 16 ks + 8 (i & 1) .. + 7.
+      float s[MT][8][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-    {
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
       const T* kr = Kb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
 #pragma unroll
-      for (int nt = 0; nt < 8; nt += 2)
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t qa[MT][4];
 #pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
+        for (int mt = 0; mt < MT; ++mt) {
+          if constexpr (kQRegs) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) qa[mt][i] = qf[mt][ks][i];
+          } else {
+            ldmatrix_x4(qa[mt], qa_ptr + mt * 16 * LD + ks * 16);
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; nt += 2) {
           uint32_t bk[4];
           ldmatrix_x4(bk, kr + nt * 8 * LD + ks * 16);
-          M::mma(s[nt], qf[ks], bk[0], bk[1]);
-          M::mma(s[nt + 1], qf[ks], bk[2], bk[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            M::mma(s[mt][nt], qa[mt], bk[0], bk[1]);
+            M::mma(s[mt][nt + 1], qa[mt], bk[2], bk[3]);
+          }
         }
-    }
-    // Scores in the base-2 domain; hidden keys -inf.
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] *= scale_log2;
-    if (tile_visibility(mp, b, qt, kt, kMmaTile) == kTilePartial) {
-      const KeyTile keys(mp, b, k0, kMmaTile);
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (!keys.visible(nt * 8 + 2 * t4 + (e & 1), oq[e / 2])) s[nt][e] = neg_inf<float>();
-    }
-    // Online softmax per row (r = 0: row g, r = 1: row g + 8); the 4 threads of a quad share a row.
-    float alpha[2], off[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = neg_inf<float>();
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      alpha[r] = online_softmax_rescale(m[r], mx, Exp2{});
-      off[r] = softmax_offset(m[r]);
-      l[r] *= alpha[r];  // per-thread partial sums; the quad's are added at the end
-    }
-#pragma unroll
-    for (int nd = 0; nd < ND; ++nd) {
-      o[nd][0] *= alpha[0], o[nd][1] *= alpha[0];
-      o[nd][2] *= alpha[1], o[nd][3] *= alpha[1];
-    }
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = fast_exp2(s[nt][e] - off[e / 2]);
-        l[e / 2] += s[nt][e];
       }
-    // O += P V. P's C fragments of n-tiles 2kk, 2kk+1 are exactly the A fragment of k step kk
-    // (keys 16kk..16kk+15). V is stored [key][d]: B[k = key][n = d] comes from ldmatrix.trans;
-    // matrix i of the x4 covers keys 16kk + 8 (i & 1) .. + 7 and d columns 8 nd + 8 (i >> 1) .. + 7,
-    // giving the b[0], b[1] of n-tiles nd and nd + 1.
+      // Scores in the base-2 domain; hidden keys -inf.
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t a[4] = {M::pack(s[2 * kk][0], s[2 * kk][1]), M::pack(s[2 * kk][2], s[2 * kk][3]),
-                             M::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), M::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      const T* vrow = Vb + (kk * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int nd = 0; nd < ND; nd += 2) {
-        uint32_t bv[4];
-        ldmatrix_x4_trans(bv, vrow + nd * 8);
-        M::mma(o[nd], a, bv[0], bv[1]);
-        M::mma(o[nd + 1], a, bv[2], bv[3]);
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale_log2;
+      if (vis == kTilePartial) {
+        const KeyTile keys(mp, b, k0, kMmaTile);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const int64_t oq[2] = {query_order(mp, b, q0 + wrow + mt * 16 + g),
+                                 query_order(mp, b, q0 + wrow + mt * 16 + g + 8)};
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              if (!keys.visible(nt * 8 + 2 * t4 + (e & 1), oq[e / 2])) s[mt][nt][e] = neg_inf<float>();
+        }
+      }
+      // Online softmax per row (r = 0: row g, r = 1: row g + 8 of each m-tile); the 4 threads of a
+      // quad share a row.
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        float alpha[2], off[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = neg_inf<float>();
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          alpha[r] = online_softmax_rescale(m[mt][r], mx, Exp2{});
+          off[r] = softmax_offset(m[mt][r]);
+          l[mt][r] *= alpha[r];  // per-thread partial sums; the quad's are added at the end
+        }
+#pragma unroll
+        for (int nd = 0; nd < ND; ++nd) {
+          o[mt][nd][0] *= alpha[0], o[mt][nd][1] *= alpha[0];
+          o[mt][nd][2] *= alpha[1], o[mt][nd][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[mt][nt][e] = fast_exp2(s[mt][nt][e] - off[e / 2]);
+            l[mt][e / 2] += s[mt][nt][e];
+          }
+      }
+      // O += P V. P's C fragments of n-tiles 2kk, 2kk+1 are exactly the A fragment of k step kk
+      // (keys 16kk..16kk+15). V is stored [key][d]: B[k = key][n = d] comes from ldmatrix.trans;
+      // matrix i of the x4 covers keys 16kk + 8 (i & 1) .. + 7 and d columns 8 nd + 8 (i >> 1) .. + 7,
+      // giving the b[0], b[1] of n-tiles nd and nd + 1.
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          a[mt][0] = M::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          a[mt][1] = M::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          a[mt][2] = M::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          a[mt][3] = M::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+        const T* vrow = Vb + (kk * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd += 2) {
+          uint32_t bv[4];
+          ldmatrix_x4_trans(bv, vrow + nd * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            M::mma(o[mt][nd], a[mt], bv[0], bv[1]);
+            M::mma(o[mt][nd + 1], a[mt], bv[2], bv[3]);
+          }
+        }
       }
     }
     __syncthreads();  // everyone is done with buffer `buf` before it is refilled
@@ -393,21 +464,25 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
   }
   cp_async_wait<0>();
 
-  // Normalise and write this thread's pieces of rows g and g + 8.
+  // Normalise and write this thread's pieces of rows g and g + 8 of each m-tile.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    float inv_l, row_lse;
-    softmax_finish(m[r], l[r], kLn2, inv_l, row_lse);
-    if (row[r] < L) {
-      T* orow = out + ((b * L + row[r]) * H + h) * D + 2 * t4;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int nd = 0; nd < ND; ++nd)
-        *reinterpret_cast<uint32_t*>(orow + nd * 8) = M::pack(o[nd][2 * r] * inv_l, o[nd][2 * r + 1] * inv_l);
-      if (t4 == 0) lse[(b * H + h) * L + row[r]] = row_lse;
+    for (int r = 0; r < 2; ++r) {
+      l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 1);
+      l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 2);
+      float inv_l, row_lse;
+      softmax_finish(m[mt][r], l[mt][r], kLn2, inv_l, row_lse);
+      const int64_t row = q0 + wrow + mt * 16 + g + 8 * r;
+      if (row < L) {
+        T* orow = out + ((b * L + row) * H + h) * D + 2 * t4;
+#pragma unroll
+        for (int nd = 0; nd < ND; ++nd)
+          *reinterpret_cast<uint32_t*>(orow + nd * 8) =
+              M::pack(o[mt][nd][2 * r] * inv_l, o[mt][nd][2 * r + 1] * inv_l);
+        if (t4 == 0) lse[(b * H + h) * L + row] = row_lse;
+      }
     }
-  }
 }
 
 // --------------------------------------------------------------------------- backward (mma)
@@ -469,6 +544,25 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
   }
   cp_async_commit();
 
+  // This warp's K and V rows as A fragments (k step ks: columns 16 ks .. + 15), kept in registers
+  // for the whole kernel where they fit (D <= 64: D / 2 registers per lane): the S^T and dP^T
+  // products then read only Q and dO from shared memory. ldmatrix.x4 with matrix i = rows
+  // 8 (i & 1), columns 8 (i >> 1) of the 16 x 16 block gives a[0..3] in order.
+  constexpr bool kKVRegs = D <= 64;
+  static_assert(!kKVRegs || STAGES == 2, "K / V fragments are read once, after the first wait");
+  const T* ka_ptr = Ks + (warp * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+  const T* va_ptr = Vs + (warp * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
+  uint32_t kf[kKVRegs ? KS : 1][4], vf[kKVRegs ? KS : 1][4];
+  if constexpr (kKVRegs) {
+    cp_async_wait<0>();  // K, V (and the first Q / dO tile) have landed
+    __syncthreads();
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      ldmatrix_x4(kf[ks], ka_ptr + ks * 16);
+      ldmatrix_x4(vf[ks], va_ptr + ks * 16);
+    }
+  }
+
   const int64_t key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
   const bool kvalid[2] = {key_valid(mp, b, key[0]), key_valid(mp, b, key[1])};
   const int64_t kord[2] = {query_order(mp, b, key[0]), query_order(mp, b, key[1])};  // the keys' orders
@@ -507,11 +601,8 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
     // P^T = exp2(S^T scale log2e - lse log2e) (0 where hidden), dS^T = P^T (dP^T - delta) * scale,
     // each packed to bf16/fp16 at once: pp[kk] / dd[kk] are the A fragments of k step kk (queries
     // 16kk..16kk+15) of the products below, C fragments of n-tiles 2kk, 2kk+1 (see fwd).
-    // Fragment loads: A (this warp's K / V rows) by ldmatrix.x4 with matrix i = rows 8 (i & 1),
-    // columns 8 (i >> 1) of the 16 x 16 block -- a[0..3] in order; B (Q / dO rows = queries) as K
+    // Fragment loads: A (this warp's K / V rows) as kf / vf above; B (Q / dO rows = queries) as K
     // in the forward: matrix i = queries nt * 8 + 8 (i >> 1), columns 8 (i & 1).
-    const T* ka_ptr = Ks + (warp * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
-    const T* va_ptr = Vs + (warp * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
     const T* qb_ptr = Qb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
     const T* ob_ptr = dOb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
     uint32_t pp[4][4], dd[4][4];
@@ -525,8 +616,13 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
         uint32_t ka[4], va[4];
-        ldmatrix_x4(ka, ka_ptr + ks * 16);
-        ldmatrix_x4(va, va_ptr + ks * 16);
+        if constexpr (kKVRegs) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) ka[i] = kf[ks][i], va[i] = vf[ks][i];
+        } else {
+          ldmatrix_x4(ka, ka_ptr + ks * 16);
+          ldmatrix_x4(va, va_ptr + ks * 16);
+        }
 #pragma unroll
         for (int n = 0; n < 4; n += 2) {
           const int nt = half * 4 + n;

@@ -90,7 +90,8 @@ double rel_err(const std::vector<G>& got, const std::vector<double>& want) {
   return err / (scale > 0 ? scale : 1.0);
 }
 
-template <typename T, int D>
+// MT: m-tiles per warp of the bf16 forward (64 MT queries per block).
+template <typename T, int D, int MT = 1>
 void run_case(const Case& c, unsigned seed) {
   constexpr bool kMma = std::is_same_v<T, EmuBf16>;
   using Lse = std::conditional_t<kMma, float, T>;  // the kernels' lse / delta type
@@ -174,8 +175,9 @@ void run_case(const Case& c, unsigned seed) {
   const unsigned grid = unsigned(B * H * n_t);
   const float scale_f = float(scale);
   if constexpr (kMma) {
-    launch(EmuDim3{grid, 1, 1}, cu::kMmaThreads, cu::FwdMmaSmem<T, D>::kBytes, [&] {
-      cu::fwd_mma_kernel<T, D>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
+    const unsigned fwd_grid = unsigned(B * H * ((L + 64 * MT - 1) / (64 * MT)));
+    launch(EmuDim3{fwd_grid, 1, 1}, cu::kMmaThreads, cu::FwdMmaSmem<T, D, MT>::kBytes, [&] {
+      cu::fwd_mma_kernel<T, D, MT>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
     });
   } else {
     launch(EmuDim3{grid, 1, 1}, cu::fma_threads<D>(), cu::FwdFmaSmem<T, D>::kBytes,
@@ -204,7 +206,8 @@ void run_case(const Case& c, unsigned seed) {
   // cores (2^-9 relative each); a misplaced fragment is off by O(1).
   const double tol = kMma ? 3e-2 : std::is_same_v<T, float> ? 2e-5 : 1e-12;
   char what[160];
-  std::snprintf(what, sizeof what, "%s D=%d B=%d H=%d L=%d mask=%s strict=%d packed=%d", kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, B, H, L,
+  std::snprintf(what, sizeof what, "%s D=%d%s B=%d H=%d L=%d mask=%s strict=%d packed=%d",
+                kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 2 ? " q128" : " q64") : "", B, H, L,
                 c.mask.c_str(), int(c.strict), int(c.packed));
   double lse_err = 0;
   for (size_t i = 0; i < lse.size(); ++i) {
@@ -232,30 +235,34 @@ void run_case(const Case& c, unsigned seed) {
   std::printf("%-70s out %.1e lse %.1e dq %.1e dk %.1e dv %.1e\n", what, e_o, lse_err, e_q, e_k, e_v);
 }
 
-template <typename T, int D>
+template <typename T, int D, int MT = 1>
 void run_all(const std::vector<Case>& cases, unsigned seed) {
-  for (const Case& c : cases) run_case<T, D>(c, seed++);
+  for (const Case& c : cases) run_case<T, D, MT>(c, seed++);
 }
 
 }  // namespace
 
 int main() {
-  // Lengths: 130 = two full tiles of 64 plus two rows (a partial last tile), 70 for the 32-wide FMA
-  // tiles, 7 (one partial tile), 1.
+  // Lengths: 130 = two full tiles of 64 plus two rows (a partial last tile; with 128-query blocks,
+  // a second block whose last two warps have no row inside L), 256 causal (warps of one block
+  // that see a key tile next to warps that do not), 70 for the 32-wide FMA tiles, 7, 1.
   const std::vector<Case> mma_cases = {
       {2, 2, 130, "none", false, true},    {2, 1, 130, "pad", false, false},   {1, 2, 130, "causal", false, true},
       {1, 2, 130, "causal", true, false},  {2, 1, 130, "anyorder", true, true}, {1, 2, 130, "prefix", false, false},
       {1, 1, 130, "block", true, true},    {2, 3, 7, "anyorder", false, false}, {1, 1, 1, "none", false, false},
-      {2, 1, 1, "causal", true, true},
+      {2, 1, 1, "causal", true, true},    {1, 1, 256, "causal", false, false}, {1, 1, 200, "anyorder", false, true},
   };
   const std::vector<Case> small = {
       {2, 2, 130, "none", false, true},
       {2, 1, 130, "anyorder", true, false},
       {1, 2, 7, "causal", false, true},
   };
-  run_all<EmuBf16, 64>(mma_cases, 1);
-  run_all<EmuBf16, 32>(small, 100);
-  run_all<EmuBf16, 128>(small, 200);
+  // The forward's query tile as cuda.cu picks it: 128 (MT = 2) at head_dim 32 and 64, 64 at 128;
+  // and 64 at head_dim 64 (RADD_FAST_ATTENTION_QUERY_TILE=64).
+  run_all<EmuBf16, 64, 2>(mma_cases, 1);
+  run_all<EmuBf16, 32, 2>(small, 100);
+  run_all<EmuBf16, 128, 1>(small, 200);
+  run_all<EmuBf16, 64, 1>(small, 250);
   const std::vector<Case> fma_cases = {
       {2, 2, 70, "none", false, true},     {2, 1, 70, "pad", false, false},   {1, 2, 70, "causal", true, true},
       {2, 1, 70, "anyorder", false, false}, {1, 1, 70, "block", false, true}, {1, 1, 1, "none", false, false},
