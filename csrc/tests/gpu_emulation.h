@@ -98,7 +98,7 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
             blockIdx = {x, y, z};
             blockDim = {threads, 1, 1};
             gridDim = grid;
-            state = ThreadState{&bar,         warps[t / 32].get(), base, {}, {}, {}, slots.data() + 32 * (t / 32),
+            state = ThreadState{&bar, warps[t / 32].get(), base, {}, {}, {}, slots.data() + 32 * (t / 32),
                                 words.data() + 32 * kWords * (t / 32)};
             kernel();
             // A thread that exits with copies in flight would be a kernel bug: none may remain.

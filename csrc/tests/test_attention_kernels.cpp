@@ -226,11 +226,9 @@ void run_case(const Case& c, unsigned seed) {
     if (lse_ref[i] != -INFINITY) continue;
     const size_t bh = i / L, l = i % L, b = bh / H, h = bh % H;
     const size_t row = ((b * L + l) * H + h) * D;
-    for (int d = 0; d < D; ++d) {
-      EXPECT(float_or(out[row + d]) == 0.0, "%s: query without keys has output %g", what, double(float_or(out[row + d])));
-      EXPECT(float_or(dq[row + d]) == 0.0, "%s: query without keys has dq %g", what, double(float_or(dq[row + d])));
-      if (d > 0) break;  // one element per row is enough to report
-    }
+    int nonzero = 0;
+    for (int d = 0; d < D; ++d) nonzero += float_or(out[row + d]) != 0.0 || float_or(dq[row + d]) != 0.0;
+    EXPECT(nonzero == 0, "%s: query %zu without keys has %d nonzero output / dq elements", what, l, nonzero);
   }
   std::printf("%-70s out %.1e lse %.1e dq %.1e dk %.1e dv %.1e\n", what, e_o, lse_err, e_q, e_k, e_v);
 }
