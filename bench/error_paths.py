@@ -39,6 +39,8 @@ def cases(cuda: bool):
     qb = torch.randn(1, 4, 2, 64, device="cuda", dtype=torch.bfloat16)
     yield "cuda attention: RADD_FAST_ATTENTION_QUERY_TILE=96", lambda: with_env(
         "RADD_FAST_ATTENTION_QUERY_TILE", "96", lambda: ops.masked_attention_fwd(qb, qb, qb, None, None, False, 1.0))
+    yield "cuda attention: RADD_FAST_ATTENTION_FORWARD=tma", lambda: with_env(
+        "RADD_FAST_ATTENTION_FORWARD", "tma", lambda: ops.masked_attention_fwd(qb, qb, qb, None, None, False, 1.0))
     h, W = torch.randn(3, 8, device="cuda"), torch.randn(11, 8, device="cuda")
     t = torch.zeros(3, dtype=torch.long, device="cuda")
     yield "cuda loss: row_weight of shape (2,)", lambda: ops.linear_dce_loss(h, W, None, t, torch.ones(2, device="cuda"), 10)

@@ -9,12 +9,14 @@ it by trial.
 Cases: the λ-DCE loss forward + backward (bf16, N 2,560 rows about half masked, D 768, V 50,257:
 the kernels of bench/test_dce_loss.py on one partly filled chunk of 2,560 rows with the grouped
 engine (CUTLASS kernels, "device_kernel"), or one full chunk of 1,280 and one partial chunk with
-RADD_FAST_DCE_ENGINE=tiles) and masked attention forward + backward (bf16, B 4, L 1,024, 12 heads, head_dim 64). Runs on
-the CPU too (tests/test_gpu_check.py runs a small version).
+RADD_FAST_DCE_ENGINE=tiles) and masked attention forward + backward (bf16, B 4, L 1,024, 12 heads, head_dim 64;
+on an sm_90 GPU with a 9.0a build also with the wgmma forward, head_dim 64 and 128). Runs on the CPU
+too (tests/test_gpu_check.py runs a small version).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -38,6 +40,13 @@ def attention_case(device: str, B: int, L: int, H: int, D: int) -> None:
     radd_fast.masked_attention(q, k, v, impl="fused").sum().backward()
 
 
+def wgmma_built(device: str) -> bool:
+    from radd_fast import _extension
+
+    arch = str((_extension.BUILD_INFO or {}).get("cuda_arch_list") or "")
+    return device == "cuda" and torch.cuda.get_device_capability() == (9, 0) and "9.0a" in arch
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -49,6 +58,10 @@ def main(argv=None) -> int:
     else:
         loss_case(args.device, 2560, 768, 50_257)  # grouped: one chunk, ~half active; tiles: 1,280 + partial
         attention_case(args.device, 4, 1024, 12, 64)
+        if wgmma_built(args.device):  # the sm_90a forward, opt-in until measured
+            os.environ["RADD_FAST_ATTENTION_FORWARD"] = "wgmma"
+            attention_case(args.device, 4, 1024, 12, 64)
+            attention_case(args.device, 4, 1024, 12, 128)
     if args.device == "cuda":
         torch.cuda.synchronize()
     print("profile cases done")

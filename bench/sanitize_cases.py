@@ -33,7 +33,23 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
-def attention(device, dtype, D, masked):
+def wgmma_built(device) -> bool:
+    """Whether the sm_90a wgmma forward runs here (an sm_90 GPU and a build with 9.0a code)."""
+    from radd_fast import _extension
+
+    arch = str((_extension.BUILD_INFO or {}).get("cuda_arch_list") or "")
+    return device == "cuda" and torch.cuda.get_device_capability() == (9, 0) and "9.0a" in arch
+
+
+def attention(device, dtype, D, masked, forward="auto"):
+    os.environ["RADD_FAST_ATTENTION_FORWARD"] = forward  # CUDA bf16 / fp16: mma.sync or wgmma
+    try:
+        return _attention(device, dtype, D, masked)
+    finally:
+        del os.environ["RADD_FAST_ATTENTION_FORWARD"]
+
+
+def _attention(device, dtype, D, masked):
     g = torch.Generator().manual_seed(D)
     B, L, H = 2, 70, 2  # L = 70: two 64-row tiles (three 32-row ones) and a tail
     q, k, v = (torch.randn(B, L, H, D, generator=g, dtype=torch.float64) for _ in range(3))
@@ -128,6 +144,10 @@ def cases(device: str):
         for D, masked in ((32, True), (64, True), (128, False)):
             yield f"attention {dt} D {D} {'masked' if masked else 'plain'}", dt, lambda dt=dt, D=D, m=masked: attention(
                 device, dt, D, m)
+    if wgmma_built(device):
+        for D, masked in ((64, True), (128, False)):
+            yield f"attention {bf16} D {D} {'masked' if masked else 'plain'} wgmma", bf16, \
+                lambda D=D, m=masked: attention(device, bf16, D, m, "wgmma")
     for dt, engine in ((bf16, "auto"), (bf16, "tiles"), (torch.float32, "auto")):
         for chunk in (16, 1024):
             yield f"loss {dt} {engine} chunk {chunk}", dt, lambda dt=dt, c=chunk, e=engine: loss(device, dt, c, e)

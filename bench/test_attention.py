@@ -59,7 +59,7 @@ def run_case(bench, device, dtype, shape, kind, impl, pass_):
 
         def forward():
             return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
-    elif impl in ("fused", "fused-q64"):  # fused-q64: the caller set RADD_FAST_ATTENTION_QUERY_TILE=64
+    elif impl in ("fused", "fused-q64", "fused-wgmma"):  # the caller set the variants' environment
         def forward():
             return radd_fast.masked_attention(q, k, v, pad, order, impl="fused")
     else:
@@ -119,3 +119,21 @@ def test_attention_cuda_q64(bench, device, kind, monkeypatch):
     # default 128-query blocks (head_dim 64): what the larger block is worth on this GPU.
     monkeypatch.setenv("RADD_FAST_ATTENTION_QUERY_TILE", "64")
     run_case(bench, device, torch.bfloat16, CUDA_SHAPES[0], kind, "fused-q64", "fwd")
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("kind", ["bidirectional", "causal"])
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"D{s[3]}")
+def test_attention_cuda_wgmma(bench, device, kind, shape, monkeypatch):
+    # The sm_90a wgmma forward (RADD_FAST_ATTENTION_FORWARD=wgmma) in the groups of the default
+    # forward: what Hopper's warpgroup MMA is worth. Needs an sm_90 GPU and a 9.0a build.
+    from radd_fast import _extension
+
+    arch = str((_extension.BUILD_INFO or {}).get("cuda_arch_list") or "")
+    if torch.cuda.get_device_capability(device) != (9, 0) or "9.0a" not in arch:
+        pytest.skip(f"wgmma needs an sm_90 GPU and a 9.0a build (GPU {torch.cuda.get_device_capability(device)}, "
+                    f"archs {arch})")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
+    if kind == "causal" and shape != CUDA_SHAPES[0]:
+        pytest.skip("causal is timed at head_dim 64 only, as for the other forwards")
+    run_case(bench, device, torch.bfloat16, shape, kind, "fused-wgmma", "fwd")

@@ -452,6 +452,56 @@ def test_cuda_query_tile_setting_is_checked(device, monkeypatch):
         radd_fast.ops.masked_attention_fwd(q, q, q, None, None, False, 0.125)
 
 
+def _wgmma_expected(device):
+    """Whether RADD_FAST_ATTENTION_FORWARD=wgmma must work here: an sm_90 GPU and a 9.0a build."""
+    from radd_fast import _extension
+
+    arch = str((_extension.BUILD_INFO or {}).get("cuda_arch_list") or "")
+    return torch.cuda.get_device_capability(device) == (9, 0) and "9.0a" in arch
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("pattern", ["none", "causal", "any_order", "block"])
+@pytest.mark.parametrize("L", [200, 1000])
+def test_cuda_wgmma_forward(device, monkeypatch, dtype, D, pattern, L):
+    # The sm_90a wgmma forward (opt-in): against float64 like every kernel, with padding that leaves
+    # a sequence without keys; L = 200 ends inside a block whose second warpgroup has no row in L.
+    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
+    B, H = 2, 3
+    q, k, v = qkv(B, L, H, D, dtype, device)
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, "empty_row")
+    if not _wgmma_expected(device):
+        with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_FORWARD=wgmma needs a compute capability 9.0"):
+            radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+        return
+    out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+    truth, truth_lse = R.masked_attention(q.double(), k.double(), v.double(), padm, order, return_lse=True)
+    assert ((out.double() - truth).norm() / truth.norm()).item() < TOLERANCE[dtype]
+    seen = torch.isfinite(truth_lse)
+    assert (~seen).any() and torch.equal(torch.isfinite(lse), seen)
+    torch.testing.assert_close(lse.double()[seen], truth_lse[seen], rtol=1e-5, atol=1e-5)
+    assert_no_key_rows_are_zero(out, padm, order, False)
+    # The same as the mma.sync forward up to rounding, and the backward runs on its out / lse.
+    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "mma")
+    out_mma, _ = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+    assert ((out.double() - out_mma.double()).norm() / truth.norm()).item() < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+def test_cuda_forward_engine_setting_is_checked(device, monkeypatch):
+    q = torch.randn(1, 8, 2, 64, device=device, dtype=torch.bfloat16)
+    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "tma")
+    with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_FORWARD must be 'auto', 'mma' or 'wgmma', got 'tma'"):
+        radd_fast.ops.masked_attention_fwd(q, q, q, None, None, False, 0.125)
+    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_QUERY_TILE", "64")
+    with pytest.raises(ValueError, match="QUERY_TILE=64 applies to the mma forward"):
+        radd_fast.ops.masked_attention_fwd(q, q, q, None, None, False, 0.125)
+
+
 # ------------------------------------------------------------------------- impl="auto" on CUDA
 def _like(device, dtype, D):
     """Stands for q in sdpa_is_faster, which reads only device, dtype and shape (no GPU needed)."""

@@ -10,8 +10,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
+#include <atomic>
 #include <type_traits>
 
+#include "attention/fwd_wgmma.cuh"
 #include "attention/kernels.cuh"
 
 namespace radd_fast::attention::cuda {
@@ -87,12 +90,13 @@ void set_smem(K kernel, size_t bytes) {
 }
 
 template <typename T, int D>
-size_t smem_of(bool backward, int query_tile) {
+size_t smem_of(bool backward, FwdKernel fwd_kernel) {
   constexpr bool mma = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
   if constexpr (mma) {
     if (backward) return BwdMmaSmem<T, D>::kBytes;
+    if (fwd_kernel == FwdKernel::kWgmma) return FwdWgmmaSmem<T, D>::kBytes;
     if constexpr (D <= 64) {
-      if (query_tile == 128) return FwdMmaSmem<T, D, 2>::kBytes;
+      if (fwd_kernel == FwdKernel::kMma128) return FwdMmaSmem<T, D, 2>::kBytes;
     }
     return FwdMmaSmem<T, D, 1>::kBytes;
   } else {
@@ -102,18 +106,51 @@ size_t smem_of(bool backward, int query_tile) {
 
 }  // namespace
 
-size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, int query_tile) {
+size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, FwdKernel fwd_kernel) {
   size_t bytes = 0;
   with_head_dim(head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
     switch (dtype) {
-      case at::kBFloat16: bytes = smem_of<__nv_bfloat16, D>(backward, query_tile); break;
-      case at::kHalf: bytes = smem_of<__half, D>(backward, query_tile); break;
-      case at::kFloat: bytes = smem_of<float, D>(backward, query_tile); break;
-      default: bytes = smem_of<double, D>(backward, query_tile); break;
+      case at::kBFloat16: bytes = smem_of<__nv_bfloat16, D>(backward, fwd_kernel); break;
+      case at::kHalf: bytes = smem_of<__half, D>(backward, fwd_kernel); break;
+      case at::kFloat: bytes = smem_of<float, D>(backward, fwd_kernel); break;
+      default: bytes = smem_of<double, D>(backward, fwd_kernel); break;
     }
   });
   return bytes;
+}
+
+namespace {
+// Writes 1 where the code running is sm_90a code (so fwd_wgmma_kernel is real), 0 otherwise -- e.g.
+// sm_80 code or PTX JIT-compiled for an sm_90 GPU by a build without 9.0a in TORCH_CUDA_ARCH_LIST.
+__global__ void wgmma_probe_kernel(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+}  // namespace
+
+bool wgmma_available(int device) {
+  // 0: not probed yet, 1: no, 2: yes. One blocking probe per device and process, on first use.
+  static std::array<std::atomic<int>, 64> known{};
+  if (device < 0 || device >= static_cast<int>(known.size())) return false;
+  if (const int k = known[device].load()) return k == 2;
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  bool yes = false;
+  if (major == 9 && minor == 0) {  // sm_90a code runs on compute capability 9.0 only
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    at::Tensor flag = at::zeros({1}, at::TensorOptions().device(at::kCUDA, device).dtype(at::kInt));
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+    wgmma_probe_kernel<<<1, 1, 0, stream>>>(flag.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    yes = flag.item<int>() == 1;
+  }
+  known[device].store(yes ? 2 : 1);
+  return yes;
 }
 
 namespace {
@@ -131,14 +168,29 @@ void launch_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename T, int D>
+void launch_fwd_wgmma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp,
+                      double scale, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
+  const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
+  const int64_t grid = grid_size(B * H * ((L + kWgmmaQueries - 1) / kWgmmaQueries));
+  auto kernel = fwd_wgmma_kernel<T, D>;
+  constexpr size_t smem = FwdWgmmaSmem<T, D>::kBytes;
+  set_smem(kernel, smem);
+  kernel<<<grid, kWgmmaThreads, smem, stream>>>(rows<T>(q), rows<T>(k), rows<T>(v),
+                                                reinterpret_cast<T*>(out.data_ptr()), lse.data_ptr<float>(), mp, H,
+                                                static_cast<float>(scale) * kLog2e);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename T>
 void fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp, double scale,
-             int query_tile, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
+             FwdKernel fwd_kernel, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
   const at::Tensor qa = aligned16(q), ka = aligned16(k), va = aligned16(v);
   with_head_dim(q.size(3), [&](auto d) {
     constexpr int D = decltype(d)::value;
+    if (fwd_kernel == FwdKernel::kWgmma) return launch_fwd_wgmma<T, D>(qa, ka, va, mp, scale, out, lse, stream);
     if constexpr (D <= 64) {  // 128-query blocks at head_dim 128 spill registers (see kernels.cuh)
-      if (query_tile == 128) return launch_fwd_mma<T, D, 2>(qa, ka, va, mp, scale, out, lse, stream);
+      if (fwd_kernel == FwdKernel::kMma128) return launch_fwd_mma<T, D, 2>(qa, ka, va, mp, scale, out, lse, stream);
     }
     launch_fwd_mma<T, D, 1>(qa, ka, va, mp, scale, out, lse, stream);
   });
@@ -165,7 +217,7 @@ void fwd_fma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const c10::optional<at::Tensor>& key_padding_mask,
                                        const c10::optional<at::Tensor>& order, bool strict, double scale,
-                                       int query_tile) {
+                                       FwdKernel fwd_kernel) {
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({B, H, L}, q.options().dtype(acc_dtype(q.scalar_type())));
@@ -175,8 +227,8 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   const bool mma = dt == at::kBFloat16 || dt == at::kHalf;
   const DeviceMask mk = prepare_mask(key_padding_mask, order, strict, B, L, mma ? kMmaTile : kFmaTile, q, stream);
   switch (dt) {
-    case at::kBFloat16: fwd_mma<__nv_bfloat16>(q, k, v, mk.params, scale, query_tile, out, lse, stream); break;
-    case at::kHalf: fwd_mma<__half>(q, k, v, mk.params, scale, query_tile, out, lse, stream); break;
+    case at::kBFloat16: fwd_mma<__nv_bfloat16>(q, k, v, mk.params, scale, fwd_kernel, out, lse, stream); break;
+    case at::kHalf: fwd_mma<__half>(q, k, v, mk.params, scale, fwd_kernel, out, lse, stream); break;
     case at::kFloat: fwd_fma<float>(q, k, v, mk.params, scale, out, lse, stream); break;
     case at::kDouble: fwd_fma<double>(q, k, v, mk.params, scale, out, lse, stream); break;
     default: TORCH_CHECK(false, "unreachable");  // check_fwd_args checked the dtype

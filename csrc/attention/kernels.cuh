@@ -5,6 +5,7 @@
 //     x 64-query tiles in the backward, K/V (forward) and Q/dO (backward) tiles streamed through
 //     shared memory with cp.async.
 //   * fp32 / fp64: the same tiling with plain FMAs (32 x 32 tiles), exact in the input precision.
+//   * fwd_wgmma.cuh: an sm_90a bf16 / fp16 forward on warpgroup MMA, built on the pieces here.
 // Both skip every (query tile, key tile) pair that the order / padding mask hides entirely, using
 // per-tile summaries (tile_stats_kernel) and classify_tile from attention.h, and apply the mask
 // element by element only on partial tiles. The online softmax, the final normalisation and the
@@ -233,12 +234,12 @@ constexpr int smem_ld() {
   return D + 8;
 }
 
-// Copies rows [row0, row0 + ROWS) of one head into a smem tile (zeros past L).
-template <typename T, int D, int ROWS = kMmaTile>
+// Copies rows [row0, row0 + ROWS) of one head into a smem tile (zeros past L); THREADS: the block's.
+template <typename T, int D, int ROWS = kMmaTile, int THREADS = kMmaThreads>
 __device__ __forceinline__ void load_tile_async(T* smem, const Rows<T>& src, int64_t b, int64_t row0, int64_t h,
                                                 int64_t L) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += kMmaThreads) {
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
     const int r = i / kChunks, c = i % kChunks;
     const bool ok = row0 + r < L;
     const T* g = src.row(b, ok ? row0 + r : row0, h) + c * 8;
@@ -277,6 +278,85 @@ __device__ __forceinline__ int64_t next_key_tile_any(const MaskParams& mp, int64
     for (int64_t qt = qt_lo; qt < qt_hi; ++qt)
       if (tile_visibility(mp, b, qt, kt, tile) != kTileHidden) return kt;
   return n_kt;
+}
+
+// One m-tile's step of the online softmax over a 64-key tile (shared by the mma.sync and wgmma
+// forward kernels, whose accumulator layouts agree): s holds this lane's scores of rows `row0`
+// (r = 0) and row0 + 8 (r = 1) against keys 8 nt + 2 t4 + {0, 1}; they are scaled to the base-2
+// domain, masked to -inf where `partial` and the key is hidden, and replaced by exp2(s - m); the
+// running max m, this lane's partial sums l and the output o are rescaled. The 4 lanes of a quad
+// share a row.
+template <int ND>
+__device__ __forceinline__ void fwd_softmax_tile(float (&s)[8][4], float (&m)[2], float (&l)[2], float (&o)[ND][4],
+                                                 float scale_log2, bool partial, const MaskParams& mp, int64_t b,
+                                                 int64_t k0, int64_t row0, int t4) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[nt][e] *= scale_log2;
+  if (partial) {
+    const KeyTile keys(mp, b, k0, kMmaTile);
+    const int64_t oq[2] = {query_order(mp, b, row0), query_order(mp, b, row0 + 8)};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (!keys.visible(nt * 8 + 2 * t4 + (e & 1), oq[e / 2])) s[nt][e] = neg_inf<float>();
+  }
+  float alpha[2], off[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = neg_inf<float>();
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    alpha[r] = online_softmax_rescale(m[r], mx, Exp2{});
+    off[r] = softmax_offset(m[r]);
+    l[r] *= alpha[r];  // per-lane partial sums; the quad's are added at the end
+  }
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) {
+    o[nd][0] *= alpha[0], o[nd][1] *= alpha[0];
+    o[nd][2] *= alpha[1], o[nd][3] *= alpha[1];
+  }
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[nt][e] = fast_exp2(s[nt][e] - off[e / 2]);
+      l[e / 2] += s[nt][e];
+    }
+}
+// P's C fragments of n-tiles 2 kk, 2 kk + 1 (keys 16 kk .. 16 kk + 15) are exactly the A fragment of
+// k step kk of P V, in the input type.
+template <typename M>
+__device__ __forceinline__ void pack_p_fragment(const float (&s)[8][4], int kk, uint32_t (&a)[4]) {
+  a[0] = M::pack(s[2 * kk][0], s[2 * kk][1]);
+  a[1] = M::pack(s[2 * kk][2], s[2 * kk][3]);
+  a[2] = M::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+  a[3] = M::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+// Normalises and writes this lane's pieces of rows row0 and row0 + 8 of one m-tile (and their lse).
+template <typename M, typename T, int D>
+__device__ __forceinline__ void fwd_store_rows(float (&m)[2], float (&l)[2], const float (&o)[D / 8][4], T* out,
+                                               float* lse, int64_t b, int64_t h, int64_t H, int64_t L, int64_t row0,
+                                               int t4) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    float inv_l, row_lse;
+    softmax_finish(m[r], l[r], kLn2, inv_l, row_lse);
+    const int64_t row = row0 + 8 * r;
+    if (row < L) {
+      T* orow = out + ((b * L + row) * H + h) * D + 2 * t4;
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd)
+        *reinterpret_cast<uint32_t*>(orow + nd * 8) = M::pack(o[nd][2 * r] * inv_l, o[nd][2 * r + 1] * inv_l);
+      if (t4 == 0) lse[(b * H + h) * L + row] = row_lse;
+    }
+  }
 }
 
 template <typename T, int D, int MT>
@@ -382,55 +462,10 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
           }
         }
       }
-      // Scores in the base-2 domain; hidden keys -inf.
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale_log2;
-      if (vis == kTilePartial) {
-        const KeyTile keys(mp, b, k0, kMmaTile);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const int64_t oq[2] = {query_order(mp, b, q0 + wrow + mt * 16 + g),
-                                 query_order(mp, b, q0 + wrow + mt * 16 + g + 8)};
-#pragma unroll
-          for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              if (!keys.visible(nt * 8 + 2 * t4 + (e & 1), oq[e / 2])) s[mt][nt][e] = neg_inf<float>();
-        }
-      }
-      // Online softmax per row (r = 0: row g, r = 1: row g + 8 of each m-tile); the 4 threads of a
-      // quad share a row.
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        float alpha[2], off[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float mx = neg_inf<float>();
-#pragma unroll
-          for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          alpha[r] = online_softmax_rescale(m[mt][r], mx, Exp2{});
-          off[r] = softmax_offset(m[mt][r]);
-          l[mt][r] *= alpha[r];  // per-thread partial sums; the quad's are added at the end
-        }
-#pragma unroll
-        for (int nd = 0; nd < ND; ++nd) {
-          o[mt][nd][0] *= alpha[0], o[mt][nd][1] *= alpha[0];
-          o[mt][nd][2] *= alpha[1], o[mt][nd][3] *= alpha[1];
-        }
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            s[mt][nt][e] = fast_exp2(s[mt][nt][e] - off[e / 2]);
-            l[mt][e / 2] += s[mt][nt][e];
-          }
-      }
+        fwd_softmax_tile<ND>(s[mt], m[mt], l[mt], o[mt], scale_log2, vis == kTilePartial, mp, b, k0,
+                             q0 + wrow + mt * 16 + g, t4);
       // O += P V. P's C fragments of n-tiles 2kk, 2kk+1 are exactly the A fragment of k step kk
       // (keys 16kk..16kk+15). V is stored [key][d]: B[k = key][n = d] comes from ldmatrix.trans;
       // matrix i of the x4 covers keys 16kk + 8 (i & 1) .. + 7 and d columns 8 nd + 8 (i >> 1) .. + 7,
@@ -439,12 +474,7 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
       for (int kk = 0; kk < 4; ++kk) {
         uint32_t a[MT][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          a[mt][0] = M::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-          a[mt][1] = M::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-          a[mt][2] = M::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-          a[mt][3] = M::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-        }
+        for (int mt = 0; mt < MT; ++mt) pack_p_fragment<M>(s[mt], kk, a[mt]);
         const T* vrow = Vb + (kk * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
 #pragma unroll
         for (int nd = 0; nd < ND; nd += 2) {
@@ -467,22 +497,7 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
   // Normalise and write this thread's pieces of rows g and g + 8 of each m-tile.
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 1);
-      l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 2);
-      float inv_l, row_lse;
-      softmax_finish(m[mt][r], l[mt][r], kLn2, inv_l, row_lse);
-      const int64_t row = q0 + wrow + mt * 16 + g + 8 * r;
-      if (row < L) {
-        T* orow = out + ((b * L + row) * H + h) * D + 2 * t4;
-#pragma unroll
-        for (int nd = 0; nd < ND; ++nd)
-          *reinterpret_cast<uint32_t*>(orow + nd * 8) =
-              M::pack(o[mt][nd][2 * r] * inv_l, o[mt][nd][2 * r + 1] * inv_l);
-        if (t4 == 0) lse[(b * H + h) * L + row] = row_lse;
-      }
-    }
+    fwd_store_rows<M, T, D>(m[mt], l[mt], o[mt], out, lse, b, h, H, L, q0 + wrow + mt * 16 + g, t4);
 }
 
 // --------------------------------------------------------------------------- backward (mma)

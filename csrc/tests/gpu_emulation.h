@@ -10,6 +10,7 @@
 // the stored tile without one reads stale values. mma.sync m16n8k16 (bf16, fp32 accumulators) and
 // ldmatrix.x4 (plain and .trans) are warp collectives: every lane posts its registers or row
 // address, the warp meets, and each lane assembles its result from the PTX ISA's fragment layouts.
+// wgmma.mma_async (sm_90a) is a collective of a warpgroup's 128 threads, deferred to its wait.
 // EmuBf16 stands for __nv_bfloat16.
 #pragma once
 
@@ -56,6 +57,17 @@ struct Copy {
   unsigned char bytes[16];
 };
 
+// One thread's part of a wgmma.mma_async (m64nNk16, bf16 inputs, fp32 accumulators, B from shared
+// memory; A from registers or shared memory): what it names, read only when the op runs.
+struct WgmmaOp {
+  float* d;              // N / 2 accumulators
+  int n;                 // N
+  const uint32_t* a;     // 4 registers of A, or null: A from a_desc
+  uint64_t a_desc, b_desc;
+  bool trans_b;          // B "MN-major" (N contiguous in its core matrices)
+  bool scale_d;          // false: D = A B, the old accumulators ignored
+};
+
 struct ThreadState {
   std::barrier<>* barrier = nullptr;
   std::barrier<>* warp_barrier = nullptr;
@@ -65,6 +77,10 @@ struct ThreadState {
   std::vector<std::pair<float*, float>> stores;  // wmma stores, landing at the next barrier
   uint64_t* warp_slots = nullptr;         // 32 exchange slots of this thread's warp (shuffles)
   uint32_t* warp_words = nullptr;         // 32 x kWords words of this thread's warp (mma, ldmatrix)
+  std::barrier<>* warpgroup_barrier = nullptr;  // the 128 threads of this thread's warpgroup
+  const void** warpgroup_slots = nullptr;       // 128 exchange slots of the warpgroup (wgmma)
+  std::vector<WgmmaOp> wg_open;                        // wgmma issued since the last commit
+  std::vector<std::vector<WgmmaOp>> wg_groups;         // committed, oldest first, not yet run
 };
 constexpr int kWords = 8;
 
@@ -91,6 +107,9 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
           warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - 32 * w)));
         std::vector<uint64_t> slots(32 * ((threads + 31) / 32));
         std::vector<uint32_t> words(32 * kWords * ((threads + 31) / 32));
+        std::vector<std::unique_ptr<std::barrier<>>> groups;  // warpgroups (only whole ones exist)
+        for (unsigned w = 0; w < threads / 128; ++w) groups.push_back(std::make_unique<std::barrier<>>(128));
+        std::vector<const void*> group_slots(threads);
         std::vector<std::thread> pool;
         for (unsigned t = 0; t < threads; ++t)
           pool.emplace_back([&, t] {
@@ -99,10 +118,14 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
             blockDim = {threads, 1, 1};
             gridDim = grid;
             state = ThreadState{&bar, warps[t / 32].get(), base, {}, {}, {}, slots.data() + 32 * (t / 32),
-                                words.data() + 32 * kWords * (t / 32)};
+                                words.data() + 32 * kWords * (t / 32),
+                                t / 128 < groups.size() ? groups[t / 128].get() : nullptr,
+                                group_slots.data() + 128 * (t / 128), {}, {}};
             kernel();
-            // A thread that exits with copies in flight would be a kernel bug: none may remain.
-            if (!state.open.empty() || !state.groups.empty() || !state.stores.empty()) std::abort();
+            // A thread that exits with copies or wgmma in flight would be a kernel bug: none may remain.
+            if (!state.open.empty() || !state.groups.empty() || !state.stores.empty() || !state.wg_open.empty() ||
+                !state.wg_groups.empty())
+              std::abort();
           });
         for (auto& th : pool) th.join();
       }
@@ -241,6 +264,94 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
   });
 }
 }  // namespace radd_fast::emu
+
+// ------------------------------------------------------------------------------------- wgmma
+// wgmma.mma_async as the PTX ISA defines it for sm_90a, restricted to what the kernels use: m64nNk16,
+// bf16 inputs, fp32 accumulators, no-swizzle ("interleave") shared-memory operands. Deferred like
+// the hardware's: an op only records what it names; it runs at the wgmma.wait_group that covers its
+// commit group, as a collective of the 128 threads of the warpgroup, reading A's registers, the
+// shared-memory operands and the old accumulators *then* -- so a kernel that touches the
+// accumulators or A's registers, or overwrites the operands' shared memory, before waiting gets
+// wrong results here as it would on the GPU.
+//   * Shared-memory matrix descriptor: bits 0-13 start address >> 4, 16-29 leading-dimension byte
+//     offset (LBO) >> 4, 32-45 stride-dimension byte offset (SBO) >> 4, 62-63 swizzle (0: none; the
+//     only mode emulated). Addresses here are offsets into the block's shared memory.
+//   * No-swizzle layouts are made of 8 x 8 "core matrices" of 128 contiguous bytes. K-major (K
+//     contiguous): element (mn, k) at start + (mn / 8) SBO + (k / 8) LBO + 16 (mn % 8) + 2 (k % 8).
+//     MN-major (B with the transpose flag): at start + (mn / 8) SBO + (k / 8) LBO + 16 (k % 8) +
+//     2 (mn % 8).
+//   * Accumulators: warp w of the warpgroup holds rows 16 w .. 16 w + 15; register 4 j + e of lane
+//     (g = lane / 4, t = lane % 4) is (row 16 w + g + 8 (e / 2), col 8 j + 2 t + e % 2) -- mma.sync's
+//     m16n8 C fragment, once per 8 columns. A from registers: warp w's rows in mma.sync's m16n8k16 A
+//     fragment layout.
+namespace radd_fast::emu {
+inline uint64_t wgmma_desc(const void* p, uint32_t lbo, uint32_t sbo) {
+  const uintptr_t off = static_cast<const unsigned char*>(p) - state.smem;
+  if (off % 16 || off >= (uintptr_t(1) << 18) || lbo % 16 || sbo % 16 || lbo >= (1u << 18) || sbo >= (1u << 18))
+    std::abort();
+  return uint64_t(off >> 4) | uint64_t(lbo >> 4) << 16 | uint64_t(sbo >> 4) << 32;
+}
+inline float wgmma_smem_elem(uint64_t desc, int mn, int k, bool mn_major) {
+  if (desc >> 62) std::abort();  // swizzled layouts are not emulated
+  const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
+  const size_t in_core = mn_major ? 16 * (k % 8) + 2 * (mn % 8) : 16 * (mn % 8) + 2 * (k % 8);
+  uint16_t bits;
+  std::memcpy(&bits, state.smem + start + (mn / 8) * sbo + (k / 8) * lbo + in_core, 2);
+  return bf16_half(bits, 0);
+}
+inline void wgmma_run(const WgmmaOp& mine) {
+  const unsigned tid = threadIdx.x % 128;
+  state.warpgroup_slots[tid] = &mine;
+  state.warpgroup_barrier->arrive_and_wait();
+  auto op = [&](int i) { return static_cast<const WgmmaOp*>(state.warpgroup_slots[i]); };
+  for (int i = 0; i < 128; ++i)  // .aligned: every thread names the same shape and operands
+    if (op(i)->n != mine.n || op(i)->b_desc != mine.b_desc || op(i)->trans_b != mine.trans_b ||
+        (op(i)->a == nullptr) != (mine.a == nullptr) || (!mine.a && op(i)->a_desc != mine.a_desc) ||
+        op(i)->scale_d != mine.scale_d)
+      std::abort();
+  const int w = int(tid / 32), lane = int(tid % 32), g = lane / 4, t = lane % 4;
+  auto a_elem = [&](int row, int k) {  // A (64 x 16)
+    if (!mine.a) return wgmma_smem_elem(mine.a_desc, row, k, false);
+    const int src = 32 * (row / 16) + 4 * (row % 8) + (k % 8) / 2;
+    return bf16_half(op(src)->a[(row % 16) / 8 + 2 * (k / 8)], k % 2);
+  };
+  std::vector<float> out(mine.n / 2);
+  for (int j = 0; j < mine.n / 8; ++j)
+    for (int e = 0; e < 4; ++e) {
+      const int row = 16 * w + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
+      float s = mine.scale_d ? mine.d[4 * j + e] : 0.f;
+      for (int k = 0; k < 16; ++k) s = std::fma(a_elem(row, k), wgmma_smem_elem(mine.b_desc, col, k, mine.trans_b), s);
+      out[4 * j + e] = s;
+    }
+  state.warpgroup_barrier->arrive_and_wait();  // everyone has read A's registers
+  std::copy(out.begin(), out.end(), mine.d);
+}
+}  // namespace radd_fast::emu
+
+namespace radd_fast::gpu {
+inline void wgmma_fence() {}
+inline void fence_proxy_async_smem() {}
+inline void wgmma_commit() {
+  emu::state.wg_groups.push_back(std::move(emu::state.wg_open));
+  emu::state.wg_open.clear();
+}
+template <int N>
+inline void wgmma_wait() {
+  auto& g = emu::state.wg_groups;
+  while (g.size() > size_t(N)) {
+    for (const auto& op : g.front()) emu::wgmma_run(op);
+    g.erase(g.begin());
+  }
+}
+inline uint64_t wgmma_desc(const void* p, uint32_t lbo, uint32_t sbo) { return emu::wgmma_desc(p, lbo, sbo); }
+template <typename T>
+inline void wgmma_fence_operand(T&) {}
+// D (64 x N) (+)= A (64 x 16, registers) B (16 x N, shared memory).
+template <typename T, int N, bool TRANS_B>
+inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
+  emu::state.wg_open.push_back(emu::WgmmaOp{d, N, a, 0, b_desc, TRANS_B, scale_d});
+}
+}  // namespace radd_fast::gpu
 
 namespace nvcuda::wmma {
 struct matrix_a {};

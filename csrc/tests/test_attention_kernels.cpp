@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention/fwd_wgmma.cuh"
 #include "attention/kernels.cuh"
 #include "tests/test_util.h"
 
@@ -90,7 +91,8 @@ double rel_err(const std::vector<G>& got, const std::vector<double>& want) {
   return err / (scale > 0 ? scale : 1.0);
 }
 
-// MT: m-tiles per warp of the bf16 forward (64 MT queries per block).
+// MT: m-tiles per warp of the bf16 mma.sync forward (64 MT queries per block); MT = 0: the
+// sm_90a wgmma forward (128 queries per block).
 template <typename T, int D, int MT = 1>
 void run_case(const Case& c, unsigned seed) {
   constexpr bool kMma = std::is_same_v<T, EmuBf16>;
@@ -174,7 +176,12 @@ void run_case(const Case& c, unsigned seed) {
   std::vector<Lse> lse(size_t(B) * H * L, Lse(-99));
   const unsigned grid = unsigned(B * H * n_t);
   const float scale_f = float(scale);
-  if constexpr (kMma) {
+  if constexpr (kMma && MT == 0) {
+    const unsigned fwd_grid = unsigned(B * H * ((L + cu::kWgmmaQueries - 1) / cu::kWgmmaQueries));
+    launch(EmuDim3{fwd_grid, 1, 1}, cu::kWgmmaThreads, cu::FwdWgmmaSmem<T, D>::kBytes, [&] {
+      cu::fwd_wgmma_kernel<T, D>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
+    });
+  } else if constexpr (kMma) {
     const unsigned fwd_grid = unsigned(B * H * ((L + 64 * MT - 1) / (64 * MT)));
     launch(EmuDim3{fwd_grid, 1, 1}, cu::kMmaThreads, cu::FwdMmaSmem<T, D, MT>::kBytes, [&] {
       cu::fwd_mma_kernel<T, D, MT>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
@@ -207,7 +214,7 @@ void run_case(const Case& c, unsigned seed) {
   const double tol = kMma ? 3e-2 : std::is_same_v<T, float> ? 2e-5 : 1e-12;
   char what[160];
   std::snprintf(what, sizeof what, "%s D=%d%s B=%d H=%d L=%d mask=%s strict=%d packed=%d",
-                kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 2 ? " q128" : " q64") : "", B, H, L,
+                kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 0 ? " wgmma" : MT == 2 ? " q128" : " q64") : "", B, H, L,
                 c.mask.c_str(), int(c.strict), int(c.packed));
   double lse_err = 0;
   for (size_t i = 0; i < lse.size(); ++i) {
@@ -261,6 +268,10 @@ int main() {
   run_all<EmuBf16, 32, 2>(small, 100);
   run_all<EmuBf16, 128, 1>(small, 200);
   run_all<EmuBf16, 64, 1>(small, 250);
+  // The sm_90a wgmma forward (RADD_FAST_ATTENTION_FORWARD=wgmma), every head_dim.
+  run_all<EmuBf16, 64, 0>(mma_cases, 700);
+  run_all<EmuBf16, 32, 0>(small, 800);
+  run_all<EmuBf16, 128, 0>(small, 900);
   const std::vector<Case> fma_cases = {
       {2, 2, 70, "none", false, true},     {2, 1, 70, "pad", false, false},   {1, 2, 70, "causal", true, true},
       {2, 1, 70, "anyorder", false, false}, {1, 1, 70, "block", false, true}, {1, 1, 1, "none", false, false},

@@ -1,0 +1,165 @@
+// Hopper (sm_90a) warpgroup MMA, the pieces the attention forward uses (fwd_wgmma.cuh):
+// wgmma.mma_async m64nNk16 with fp32 accumulators, bf16 / fp16 A from registers and B from shared
+// memory through a no-swizzle matrix descriptor; fence / commit / wait; the async-proxy fence.
+// Facts from the PTX ISA ("Asynchronous Warpgroup Level Matrix Multiply-Accumulate", "Matrix
+// Descriptor Format", "Async Proxy"), cross-checked with CUTLASS's cute/arch/mma_sm90_desc.hpp:
+//   * descriptor: bits 0-13 start address >> 4, 16-29 leading-dimension byte offset >> 4, 32-45
+//     stride-dimension byte offset >> 4, 62-63 swizzle (0 = none). No swizzle needs 16-byte
+//     alignment only.
+//   * register-A form: d, {a0..a3}, b-desc, scale-d (predicate), imm-scale-a, imm-scale-b,
+//     imm-trans-b (0: B K-major, 1: B MN-major).
+//   * accumulators and A's registers must not be touched between the instruction and the
+//     wgmma.wait_group that covers it; wgmma_fence_operand keeps the compiler from moving their uses
+//     across the asm statements (CUTLASS's warpgroup_fence_operand does the same).
+// csrc/tests/gpu_emulation.h implements the same interface for the CPU.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "common/async_copy.cuh"
+
+namespace radd_fast::gpu {
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Orders this thread's earlier generic-proxy writes of shared memory (st.shared, cp.async) before
+// later async-proxy reads of it (wgmma operands).
+__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+#else
+__device__ __forceinline__ void wgmma_fence() { __trap(); }
+__device__ __forceinline__ void wgmma_commit() { __trap(); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { __trap(); }
+__device__ __forceinline__ void fence_proxy_async_smem() { __trap(); }
+#endif
+
+__device__ __forceinline__ void wgmma_fence_operand(float& x) { asm volatile("" : "+f"(x)::"memory"); }
+
+// No-swizzle descriptor of the matrix at shared-memory pointer p: lbo = byte step between core
+// matrices along K, sbo = along M / N.
+__device__ __forceinline__ uint64_t wgmma_desc(const void* p, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((smem_addr(p) & 0x3FFFF) >> 4) | uint64_t((lbo & 0x3FFFF) >> 4) << 16 |
+         uint64_t((sbo & 0x3FFFF) >> 4) << 32;
+}
+
+#define RADD_WG_D4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+#define RADD_WG_D16(i) RADD_WG_D4(i), RADD_WG_D4(i + 4), RADD_WG_D4(i + 8), RADD_WG_D4(i + 12)
+#define RADD_WG_D32(i) RADD_WG_D16(i), RADD_WG_D16(i + 16)
+
+// D (64 x N, fp32) = A (64 x 16, registers) B (16 x N, shared memory) + (scale_d ? D : 0).
+template <typename T, int N>
+struct WgmmaRS;
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <>
+struct WgmmaRS<__nv_bfloat16, 32> {
+  template <bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[16], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"
+        : RADD_WG_D16(0)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
+  }
+};
+template <>
+struct WgmmaRS<__half, 32> {
+  template <bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[16], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"
+        : RADD_WG_D16(0)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
+  }
+};
+template <>
+struct WgmmaRS<__nv_bfloat16, 64> {
+  template <bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[32], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : RADD_WG_D32(0)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
+  }
+};
+template <>
+struct WgmmaRS<__half, 64> {
+  template <bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[32], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : RADD_WG_D32(0)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
+  }
+};
+template <>
+struct WgmmaRS<__nv_bfloat16, 128> {
+  template <bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[64], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+        : RADD_WG_D32(0), RADD_WG_D32(32)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
+  }
+};
+template <>
+struct WgmmaRS<__half, 128> {
+  template <bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[64], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+        : RADD_WG_D32(0), RADD_WG_D32(32)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
+  }
+};
+#else
+template <typename T, int N>
+struct WgmmaRS {
+  template <bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&)[N / 2], const uint32_t (&)[4], uint64_t, bool) {
+    __trap();
+  }
+};
+#endif
+#undef RADD_WG_D4
+#undef RADD_WG_D16
+#undef RADD_WG_D32
+
+template <typename T, int N, bool TRANS_B>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
+  WgmmaRS<T, N>::template run<TRANS_B>(d, a, b_desc, scale_d);
+}
+
+}  // namespace radd_fast::gpu
