@@ -41,6 +41,10 @@ def cases(cuda: bool):
         "RADD_FAST_ATTENTION_QUERY_TILE", "96", lambda: ops.masked_attention_fwd(qb, qb, qb, None, None, False, 1.0))
     yield "cuda attention: RADD_FAST_ATTENTION_FORWARD=tma", lambda: with_env(
         "RADD_FAST_ATTENTION_FORWARD", "tma", lambda: ops.masked_attention_fwd(qb, qb, qb, None, None, False, 1.0))
+    ob, lb = ops.masked_attention_fwd(qb, qb, qb, None, None, False, 1.0)
+    yield "cuda attention: RADD_FAST_ATTENTION_BACKWARD=tma", lambda: with_env(
+        "RADD_FAST_ATTENTION_BACKWARD", "tma",
+        lambda: ops.masked_attention_bwd(qb, qb, qb, qb, ob, lb, None, None, None, False, 1.0))
     h, W = torch.randn(3, 8, device="cuda"), torch.randn(11, 8, device="cuda")
     t = torch.zeros(3, dtype=torch.long, device="cuda")
     yield "cuda loss: row_weight of shape (2,)", lambda: ops.linear_dce_loss(h, W, None, t, torch.ones(2, device="cuda"), 10)

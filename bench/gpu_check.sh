@@ -84,7 +84,7 @@ if stage build 80 "$py" setup.py build_ext --inplace; then
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)
   if [ -n "$ncu_bin" ]; then
     want profile && stage profile 30 "$ncu_bin" --csv --clock-control none --section SpeedOfLight \
-      --section Occupancy --section LaunchStats -k 'regex:gemm_kernel|device_kernel|softmax_rows_kernel|fwd_mma_kernel|fwd_wgmma_kernel|bwd_mma_kernel' \
+      --section Occupancy --section LaunchStats -k 'regex:gemm_kernel|device_kernel|softmax_rows_kernel|fwd_mma_kernel|fwd_wgmma_kernel|bwd_mma_kernel|bwd_wgmma_kernel' \
       "$py" bench/profile_cases.py
   else
     status profile skipped "ncu not found"

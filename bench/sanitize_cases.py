@@ -41,12 +41,13 @@ def wgmma_built(device) -> bool:
     return device == "cuda" and torch.cuda.get_device_capability() == (9, 0) and "9.0a" in arch
 
 
-def attention(device, dtype, D, masked, forward="auto"):
-    os.environ["RADD_FAST_ATTENTION_FORWARD"] = forward  # CUDA bf16 / fp16: mma.sync or wgmma
+def attention(device, dtype, D, masked, engine="auto"):
+    # CUDA bf16 / fp16: the mma.sync or the wgmma kernels, forward and backward
+    os.environ["RADD_FAST_ATTENTION_FORWARD"] = os.environ["RADD_FAST_ATTENTION_BACKWARD"] = engine
     try:
         return _attention(device, dtype, D, masked)
     finally:
-        del os.environ["RADD_FAST_ATTENTION_FORWARD"]
+        del os.environ["RADD_FAST_ATTENTION_FORWARD"], os.environ["RADD_FAST_ATTENTION_BACKWARD"]
 
 
 def _attention(device, dtype, D, masked):

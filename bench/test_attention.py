@@ -122,18 +122,19 @@ def test_attention_cuda_q64(bench, device, kind, monkeypatch):
 
 
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
-@pytest.mark.parametrize("kind", ["bidirectional", "causal"])
+@pytest.mark.parametrize("kind,pass_", [("bidirectional", "fwd"), ("bidirectional", "bwd"), ("causal", "fwd")])
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"D{s[3]}")
-def test_attention_cuda_wgmma(bench, device, kind, shape, monkeypatch):
-    # The sm_90a wgmma forward (RADD_FAST_ATTENTION_FORWARD=wgmma) in the groups of the default
-    # forward: what Hopper's warpgroup MMA is worth. Needs an sm_90 GPU and a 9.0a build.
+def test_attention_cuda_wgmma(bench, device, kind, pass_, shape, monkeypatch):
+    # The sm_90a wgmma kernels (RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma) in the groups of the
+    # default ones: what Hopper's warpgroup MMA is worth. Needs an sm_90 GPU and a 9.0a build.
     from radd_fast import _extension
 
     arch = str((_extension.BUILD_INFO or {}).get("cuda_arch_list") or "")
     if torch.cuda.get_device_capability(device) != (9, 0) or "9.0a" not in arch:
         pytest.skip(f"wgmma needs an sm_90 GPU and a 9.0a build (GPU {torch.cuda.get_device_capability(device)}, "
                     f"archs {arch})")
-    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
     if kind == "causal" and shape != CUDA_SHAPES[0]:
-        pytest.skip("causal is timed at head_dim 64 only, as for the other forwards")
-    run_case(bench, device, torch.bfloat16, shape, kind, "fused-wgmma", "fwd")
+        pytest.skip("causal is timed at head_dim 64 only, as for the other kernels")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_BACKWARD", "wgmma")
+    run_case(bench, device, torch.bfloat16, shape, kind, "fused-wgmma", pass_)

@@ -247,7 +247,11 @@ def _sdpa_lowp(q, k, v, mask):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("pattern", ["none", "block"])
 def test_low_precision_within_twice_torch_error(device, dtype, pattern):
-    B, L, H, D = 2, 257, 4, 64
+    check_within_twice_torch_error(device, dtype, pattern, 64)
+
+
+def check_within_twice_torch_error(device, dtype, pattern, D):
+    B, L, H = 2, 257, 4
     q, k, v = qkv(B, L, H, D, dtype, device, requires_grad=True)
     order = make_order(pattern, B, L, device)
     padm = make_pad(B, L, device, "random")
@@ -453,7 +457,7 @@ def test_cuda_query_tile_setting_is_checked(device, monkeypatch):
 
 
 def _wgmma_expected(device):
-    """Whether RADD_FAST_ATTENTION_FORWARD=wgmma must work here: an sm_90 GPU and a 9.0a build."""
+    """Whether RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma must work here: an sm_90 GPU and a 9.0a build."""
     from radd_fast import _extension
 
     arch = str((_extension.BUILD_INFO or {}).get("cuda_arch_list") or "")
@@ -461,33 +465,58 @@ def _wgmma_expected(device):
 
 
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("D", [32, 64, 128])
 @pytest.mark.parametrize("pattern", ["none", "causal", "any_order", "block"])
 @pytest.mark.parametrize("L", [200, 1000])
-def test_cuda_wgmma_forward(device, monkeypatch, dtype, D, pattern, L):
-    # The sm_90a wgmma forward (opt-in): against float64 like every kernel, with padding that leaves
-    # a sequence without keys; L = 200 ends inside a block whose second warpgroup has no row in L.
-    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
+def test_cuda_wgmma_kernels(device, monkeypatch, dtype, D, pattern, L):
+    # The sm_90a wgmma forward and backward (opt-in), against float64 like every kernel, with padding
+    # that leaves a sequence without keys; L = 200 ends inside a block whose second warpgroup has
+    # no row in L. Then against the mma.sync kernels on the same inputs.
+    for var in ("RADD_FAST_ATTENTION_FORWARD", "RADD_FAST_ATTENTION_BACKWARD"):
+        monkeypatch.setenv(var, "wgmma")
     B, H = 2, 3
-    q, k, v = qkv(B, L, H, D, dtype, device)
+    q, k, v = qkv(B, L, H, D, dtype, device, requires_grad=True)
     order = make_order(pattern, B, L, device)
     padm = make_pad(B, L, device, "empty_row")
+    g = torch.randn(B, L, H, D, dtype=torch.float64, device=device)
     if not _wgmma_expected(device):
-        with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_FORWARD=wgmma needs a compute capability 9.0"):
-            radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+        for call in (lambda: radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5),
+                     lambda: torch.autograd.grad(fused(q, k, v, padm, order), (q, k, v), g.to(dtype))):
+            with pytest.raises(ValueError, match="=wgmma needs a compute capability 9.0"):
+                call()
         return
     out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
     truth, truth_lse = R.masked_attention(q.double(), k.double(), v.double(), padm, order, return_lse=True)
-    assert ((out.double() - truth).norm() / truth.norm()).item() < TOLERANCE[dtype]
     seen = torch.isfinite(truth_lse)
     assert (~seen).any() and torch.equal(torch.isfinite(lse), seen)
     torch.testing.assert_close(lse.double()[seen], truth_lse[seen], rtol=1e-5, atol=1e-5)
-    assert_no_key_rows_are_zero(out, padm, order, False)
-    # The same as the mma.sync forward up to rounding, and the backward runs on its out / lse.
-    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "mma")
-    out_mma, _ = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
-    assert ((out.double() - out_mma.double()).norm() / truth.norm()).item() < TOLERANCE[dtype]
+    out = fused(q, k, v, padm, order)
+    grads = torch.autograd.grad(out, (q, k, v), g.to(dtype))
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    truth_grads = torch.autograd.grad(R.masked_attention(qd, kd, vd, padm, order), (qd, kd, vd), g)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *grads), (truth, *truth_grads)):
+        assert a.dtype == dtype and not torch.isnan(a).any(), name
+        assert ((a.double() - b).norm() / b.norm()).item() < TOLERANCE[dtype], name
+    empty = assert_no_key_rows_are_zero(out, padm, order, False)
+    assert torch.all(grads[0][empty] == 0)
+    for var in ("RADD_FAST_ATTENTION_FORWARD", "RADD_FAST_ATTENTION_BACKWARD"):
+        monkeypatch.setenv(var, "mma")
+    out_mma = fused(q, k, v, padm, order)
+    grads_mma = torch.autograd.grad(out_mma, (q, k, v), g.to(dtype))
+    for name, a, b, t in zip(("out", "dq", "dk", "dv"), (out, *grads), (out_mma, *grads_mma), (truth, *truth_grads)):
+        assert ((a.double() - b.double()).norm() / t.norm()).item() < TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [64, 128])
+def test_cuda_wgmma_within_twice_torch_error(device, monkeypatch, dtype, D):
+    if not _wgmma_expected(device):
+        pytest.skip("the wgmma kernels need an sm_90 GPU and a 9.0a build (test_cuda_wgmma_kernels checks the error)")
+    for var in ("RADD_FAST_ATTENTION_FORWARD", "RADD_FAST_ATTENTION_BACKWARD"):
+        monkeypatch.setenv(var, "wgmma")
+    check_within_twice_torch_error(device, dtype, "block", D)
 
 
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
@@ -496,6 +525,11 @@ def test_cuda_forward_engine_setting_is_checked(device, monkeypatch):
     monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "tma")
     with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_FORWARD must be 'auto', 'mma' or 'wgmma', got 'tma'"):
         radd_fast.ops.masked_attention_fwd(q, q, q, None, None, False, 0.125)
+    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "auto")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_BACKWARD", "yes")
+    out, lse = radd_fast.ops.masked_attention_fwd(q, q, q, None, None, False, 0.125)
+    with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_BACKWARD must be 'auto', 'mma' or 'wgmma', got 'yes'"):
+        radd_fast.ops.masked_attention_bwd(q, q, q, q, out, lse, None, None, None, False, 0.125)
     monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
     monkeypatch.setenv("RADD_FAST_ATTENTION_QUERY_TILE", "64")
     with pytest.raises(ValueError, match="QUERY_TILE=64 applies to the mma forward"):

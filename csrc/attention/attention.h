@@ -221,22 +221,24 @@ inline void check_bwd_args(const at::Tensor& grad_out, const at::Tensor& q, cons
 // device. The entry points are compiled by the host C++ compiler, so every argument error is raised
 // (and unwound) before any nvcc-compiled frame is on the stack.
 namespace cuda {
-// The bf16 / fp16 forward kernel: mma.sync (sm_80+) with 64- or 128-query blocks, or wgmma
-// (fwd_wgmma.cuh: sm_90a builds on sm_90 GPUs). The fp32 / fp64 kernels ignore it.
-enum class FwdKernel { kMma64, kMma128, kWgmma };
+// The tensor-core kernel of a bf16 / fp16 pass: mma.sync (sm_80+; the forward with 64- or 128-query
+// blocks, the backward has one kind: kMma64) or wgmma (fwd_wgmma.cuh, bwd_wgmma.cuh: sm_90a builds
+// on sm_90 GPUs). The fp32 / fp64 kernels ignore it.
+enum class TcKernel { kMma64, kMma128, kWgmma };
 // Dynamic shared memory per block of the kernel for this dtype and head_dim (32, 64 or 128).
-size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, FwdKernel fwd_kernel);
+size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, TcKernel kernel);
 // Whether this build holds wgmma code that `device` runs (a one-off probe per device, cached).
 bool wgmma_available(int device);
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const c10::optional<at::Tensor>& key_padding_mask,
                                        const c10::optional<at::Tensor>& order, bool strict, double scale,
-                                       FwdKernel fwd_kernel);
+                                       TcKernel kernel);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                                    const c10::optional<at::Tensor>& grad_lse,
                                                    const c10::optional<at::Tensor>& key_padding_mask,
-                                                   const c10::optional<at::Tensor>& order, bool strict, double scale);
+                                                   const c10::optional<at::Tensor>& order, bool strict, double scale,
+                                                   TcKernel kernel);
 }  // namespace cuda
 
 }  // namespace radd_fast::attention

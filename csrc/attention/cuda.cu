@@ -14,6 +14,7 @@
 #include <atomic>
 #include <type_traits>
 
+#include "attention/bwd_wgmma.cuh"
 #include "attention/fwd_wgmma.cuh"
 #include "attention/kernels.cuh"
 
@@ -90,13 +91,13 @@ void set_smem(K kernel, size_t bytes) {
 }
 
 template <typename T, int D>
-size_t smem_of(bool backward, FwdKernel fwd_kernel) {
+size_t smem_of(bool backward, TcKernel kernel) {
   constexpr bool mma = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
   if constexpr (mma) {
-    if (backward) return BwdMmaSmem<T, D>::kBytes;
-    if (fwd_kernel == FwdKernel::kWgmma) return FwdWgmmaSmem<T, D>::kBytes;
+    if (backward) return kernel == TcKernel::kWgmma ? BwdWgmmaSmem<T, D>::kBytes : BwdMmaSmem<T, D>::kBytes;
+    if (kernel == TcKernel::kWgmma) return FwdWgmmaSmem<T, D>::kBytes;
     if constexpr (D <= 64) {
-      if (fwd_kernel == FwdKernel::kMma128) return FwdMmaSmem<T, D, 2>::kBytes;
+      if (kernel == TcKernel::kMma128) return FwdMmaSmem<T, D, 2>::kBytes;
     }
     return FwdMmaSmem<T, D, 1>::kBytes;
   } else {
@@ -106,15 +107,15 @@ size_t smem_of(bool backward, FwdKernel fwd_kernel) {
 
 }  // namespace
 
-size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, FwdKernel fwd_kernel) {
+size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, TcKernel kernel) {
   size_t bytes = 0;
   with_head_dim(head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
     switch (dtype) {
-      case at::kBFloat16: bytes = smem_of<__nv_bfloat16, D>(backward, fwd_kernel); break;
-      case at::kHalf: bytes = smem_of<__half, D>(backward, fwd_kernel); break;
-      case at::kFloat: bytes = smem_of<float, D>(backward, fwd_kernel); break;
-      default: bytes = smem_of<double, D>(backward, fwd_kernel); break;
+      case at::kBFloat16: bytes = smem_of<__nv_bfloat16, D>(backward, kernel); break;
+      case at::kHalf: bytes = smem_of<__half, D>(backward, kernel); break;
+      case at::kFloat: bytes = smem_of<float, D>(backward, kernel); break;
+      default: bytes = smem_of<double, D>(backward, kernel); break;
     }
   });
   return bytes;
@@ -184,13 +185,13 @@ void launch_fwd_wgmma(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 
 template <typename T>
 void fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp, double scale,
-             FwdKernel fwd_kernel, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
+             TcKernel kernel, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
   const at::Tensor qa = aligned16(q), ka = aligned16(k), va = aligned16(v);
   with_head_dim(q.size(3), [&](auto d) {
     constexpr int D = decltype(d)::value;
-    if (fwd_kernel == FwdKernel::kWgmma) return launch_fwd_wgmma<T, D>(qa, ka, va, mp, scale, out, lse, stream);
+    if (kernel == TcKernel::kWgmma) return launch_fwd_wgmma<T, D>(qa, ka, va, mp, scale, out, lse, stream);
     if constexpr (D <= 64) {  // 128-query blocks at head_dim 128 spill registers (see kernels.cuh)
-      if (fwd_kernel == FwdKernel::kMma128) return launch_fwd_mma<T, D, 2>(qa, ka, va, mp, scale, out, lse, stream);
+      if (kernel == TcKernel::kMma128) return launch_fwd_mma<T, D, 2>(qa, ka, va, mp, scale, out, lse, stream);
     }
     launch_fwd_mma<T, D, 1>(qa, ka, va, mp, scale, out, lse, stream);
   });
@@ -217,7 +218,7 @@ void fwd_fma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const c10::optional<at::Tensor>& key_padding_mask,
                                        const c10::optional<at::Tensor>& order, bool strict, double scale,
-                                       FwdKernel fwd_kernel) {
+                                       TcKernel kernel) {
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse = at::empty({B, H, L}, q.options().dtype(acc_dtype(q.scalar_type())));
@@ -227,8 +228,8 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   const bool mma = dt == at::kBFloat16 || dt == at::kHalf;
   const DeviceMask mk = prepare_mask(key_padding_mask, order, strict, B, L, mma ? kMmaTile : kFmaTile, q, stream);
   switch (dt) {
-    case at::kBFloat16: fwd_mma<__nv_bfloat16>(q, k, v, mk.params, scale, fwd_kernel, out, lse, stream); break;
-    case at::kHalf: fwd_mma<__half>(q, k, v, mk.params, scale, fwd_kernel, out, lse, stream); break;
+    case at::kBFloat16: fwd_mma<__nv_bfloat16>(q, k, v, mk.params, scale, kernel, out, lse, stream); break;
+    case at::kHalf: fwd_mma<__half>(q, k, v, mk.params, scale, kernel, out, lse, stream); break;
     case at::kFloat: fwd_fma<float>(q, k, v, mk.params, scale, out, lse, stream); break;
     case at::kDouble: fwd_fma<double>(q, k, v, mk.params, scale, out, lse, stream); break;
     default: TORCH_CHECK(false, "unreachable");  // check_fwd_args checked the dtype
@@ -258,7 +259,8 @@ at::Tensor compute_delta(const at::Tensor& grad_out, const at::Tensor& out, cons
 template <typename T>
 void bwd_mma(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
              const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
-             const MaskParams& mp, double scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, cudaStream_t stream) {
+             const MaskParams& mp, double scale, TcKernel tc, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
+             cudaStream_t stream) {
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2), D = q.size(3);
   const at::Tensor go = aligned16(grad_out), qa = aligned16(q), ka = aligned16(k), va = aligned16(v);
   const at::Tensor lse_c = lse.contiguous();
@@ -267,8 +269,9 @@ void bwd_mma(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& 
   const int64_t grid = grid_size(B * H * ((L + kMmaTile - 1) / kMmaTile));
   with_head_dim(D, [&](auto d) {
     constexpr int Dc = decltype(d)::value;
-    auto kernel = bwd_mma_kernel<T, Dc>;
-    constexpr size_t smem = BwdMmaSmem<T, Dc>::kBytes;
+    const bool wgmma = tc == TcKernel::kWgmma;  // the same arguments and grid
+    auto kernel = wgmma ? bwd_wgmma_kernel<T, Dc> : bwd_mma_kernel<T, Dc>;
+    const size_t smem = wgmma ? BwdWgmmaSmem<T, Dc>::kBytes : BwdMmaSmem<T, Dc>::kBytes;
     set_smem(kernel, smem);
     kernel<<<grid, kMmaThreads, smem, stream>>>(rows<T>(qa), rows<T>(ka), rows<T>(va), rows<T>(go),
                                                 lse_c.const_data_ptr<float>(), delta.const_data_ptr<float>(),
@@ -308,7 +311,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& grad_out, c
                                                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                                    const c10::optional<at::Tensor>& grad_lse,
                                                    const c10::optional<at::Tensor>& key_padding_mask,
-                                                   const c10::optional<at::Tensor>& order, bool strict, double scale) {
+                                                   const c10::optional<at::Tensor>& order, bool strict, double scale,
+                                                   TcKernel kernel) {
   const int64_t B = q.size(0), L = q.size(1);
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(q.sizes(), q.options());
@@ -320,9 +324,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& grad_out, c
   const DeviceMask mk = prepare_mask(key_padding_mask, order, strict, B, L, mma ? kMmaTile : kFmaTile, q, stream);
   switch (dt) {
     case at::kBFloat16:
-      bwd_mma<__nv_bfloat16>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, dq, dk, dv, stream);
+      bwd_mma<__nv_bfloat16>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, kernel, dq, dk, dv, stream);
       break;
-    case at::kHalf: bwd_mma<__half>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, dq, dk, dv, stream); break;
+    case at::kHalf:
+      bwd_mma<__half>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, kernel, dq, dk, dv, stream);
+      break;
     case at::kFloat: bwd_fma<float>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, dq, dk, dv, stream); break;
     case at::kDouble:
       bwd_fma<double>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, dq, dk, dv, stream);

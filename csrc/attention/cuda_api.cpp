@@ -32,43 +32,56 @@ int smem_limit(const at::Tensor& q) {
 }
 
 // fp64 at head_dim 128 needs up to 146 KiB per block: more than sm_86/sm_89 allow (99 KiB).
-void check_smem(const at::Tensor& q, bool backward, FwdKernel fwd_kernel, const char* op) {
+void check_smem(const at::Tensor& q, bool backward, TcKernel kernel, const char* op) {
   const int limit = smem_limit(q);
-  const size_t bytes = smem_bytes(q.scalar_type(), q.size(3), backward, fwd_kernel);
+  const size_t bytes = smem_bytes(q.scalar_type(), q.size(3), backward, kernel);
   TORCH_CHECK_VALUE(bytes <= static_cast<size_t>(limit), "radd_fast.", op, ": ", dtype_name(q.scalar_type()),
                     " at head_dim ", q.size(3), " needs ", bytes, " bytes of shared memory per block; this GPU allows ",
                     limit, " (use float32 or bfloat16)");
 }
 
-// The bf16 / fp16 forward kernel, from two settings read on every call (a getenv each):
-//   RADD_FAST_ATTENTION_FORWARD = auto | mma | wgmma. wgmma (fwd_wgmma.cuh) needs an sm_90 GPU and
-//     a build with sm_90a code; it is opt-in until a GPU run has measured it (bench/RESULTS.md), so
-//     auto is mma for now.
-//   RADD_FAST_ATTENTION_QUERY_TILE = auto | 64, for mma: 128 queries per block at head_dim 32 and 64
-//     -- each K / V fragment read from shared memory then feeds two tensor-core instructions instead
-//     of one -- and 64 at head_dim 128, where 128-query blocks spill registers; 64 forces 64 (the
-//     benchmark's `fused-q64` row).
-FwdKernel forward_kernel(const at::Tensor& q, const char* op) {
-  const auto dt = q.scalar_type();
-  if (dt != at::kBFloat16 && dt != at::kHalf) return FwdKernel::kMma64;  // FMA kernels: their own tiles
-  const char* fwd_env = std::getenv("RADD_FAST_ATTENTION_FORWARD");
-  const std::string engine = fwd_env && *fwd_env ? fwd_env : "auto";
-  TORCH_CHECK_VALUE(engine == "auto" || engine == "mma" || engine == "wgmma", "radd_fast.", op,
-                    ": RADD_FAST_ATTENTION_FORWARD must be 'auto', 'mma' or 'wgmma', got '", engine, "'");
+// The tensor-core kernels of the bf16 / fp16 passes, from settings read on every call (a getenv each):
+//   RADD_FAST_ATTENTION_FORWARD, RADD_FAST_ATTENTION_BACKWARD = auto | mma | wgmma. wgmma
+//     (fwd_wgmma.cuh, bwd_wgmma.cuh) needs an sm_90 GPU and a build with sm_90a code; it is opt-in
+//     until a GPU run has measured it (bench/RESULTS.md), so auto is mma for now.
+//   RADD_FAST_ATTENTION_QUERY_TILE = auto | 64, for the mma forward: 128 queries per block at
+//     head_dim 32 and 64 -- each K / V fragment read from shared memory then feeds two tensor-core
+//     instructions instead of one -- and 64 at head_dim 128, where 128-query blocks spill
+//     registers; 64 forces 64 (the benchmark's `fused-q64` row).
+bool use_wgmma(const at::Tensor& q, const char* var, const char* op) {
+  const char* env = std::getenv(var);
+  const std::string engine = env && *env ? env : "auto";
+  TORCH_CHECK_VALUE(engine == "auto" || engine == "mma" || engine == "wgmma", "radd_fast.", op, ": ", var,
+                    " must be 'auto', 'mma' or 'wgmma', got '", engine, "'");
+  if (engine != "wgmma") return false;
+  TORCH_CHECK_VALUE(wgmma_available(q.get_device()), "radd_fast.", op, ": ", var,
+                    "=wgmma needs a compute capability 9.0 GPU (H100 / H200) and a build with sm_90a code "
+                    "(TORCH_CUDA_ARCH_LIST=9.0a); this device or build has none");
+  return true;
+}
+
+bool low_precision(const at::Tensor& q) {
+  return q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
+}
+
+TcKernel forward_kernel(const at::Tensor& q, const char* op) {
+  if (!low_precision(q)) return TcKernel::kMma64;  // the FMA kernels have their own tiles
+  const bool wgmma = use_wgmma(q, "RADD_FAST_ATTENTION_FORWARD", op);
   const char* tile_env = std::getenv("RADD_FAST_ATTENTION_QUERY_TILE");
   const std::string tile = tile_env && *tile_env ? tile_env : "auto";
   TORCH_CHECK_VALUE(tile == "auto" || tile == "64", "radd_fast.", op,
                     ": RADD_FAST_ATTENTION_QUERY_TILE must be 'auto' or '64', got '", tile, "'");
-  if (engine == "wgmma") {
+  if (wgmma) {
     TORCH_CHECK_VALUE(tile == "auto", "radd_fast.", op,
                       ": RADD_FAST_ATTENTION_QUERY_TILE=64 applies to the mma forward; the wgmma forward "
                       "(RADD_FAST_ATTENTION_FORWARD=wgmma) has 128-query blocks");
-    TORCH_CHECK_VALUE(wgmma_available(q.get_device()), "radd_fast.", op,
-                      ": RADD_FAST_ATTENTION_FORWARD=wgmma needs a compute capability 9.0 GPU (H100 / H200) and "
-                      "a build with sm_90a code (TORCH_CUDA_ARCH_LIST=9.0a); this device or build has none");
-    return FwdKernel::kWgmma;
+    return TcKernel::kWgmma;
   }
-  return tile == "auto" && q.size(3) <= 64 ? FwdKernel::kMma128 : FwdKernel::kMma64;
+  return tile == "auto" && q.size(3) <= 64 ? TcKernel::kMma128 : TcKernel::kMma64;
+}
+
+TcKernel backward_kernel(const at::Tensor& q, const char* op) {
+  return low_precision(q) && use_wgmma(q, "RADD_FAST_ATTENTION_BACKWARD", op) ? TcKernel::kWgmma : TcKernel::kMma64;
 }
 
 std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -78,9 +91,9 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tenso
   check_fwd_args(q, k, v, key_padding_mask, order, scale, op);
   check_cuda_args(q, op);
   const c10::cuda::CUDAGuard guard(q.device());
-  const FwdKernel fwd_kernel = forward_kernel(q, op);
-  check_smem(q, /*backward=*/false, fwd_kernel, op);
-  return fwd(q, k, v, key_padding_mask, order, strict, scale, fwd_kernel);
+  const TcKernel kernel = forward_kernel(q, op);
+  check_smem(q, /*backward=*/false, kernel, op);
+  return fwd(q, k, v, key_padding_mask, order, strict, scale, kernel);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(const at::Tensor& grad_out, const at::Tensor& q,
@@ -94,8 +107,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(const at::Tensor& grad_o
   check_bwd_args(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, scale, op);
   check_cuda_args(q, op);
   const c10::cuda::CUDAGuard guard(q.device());
-  check_smem(q, /*backward=*/true, FwdKernel::kMma64, op);
-  return bwd(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, strict, scale);
+  const TcKernel kernel = backward_kernel(q, op);
+  check_smem(q, /*backward=*/true, kernel, op);
+  return bwd(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, strict, scale, kernel);
 }
 
 }  // namespace

@@ -41,13 +41,14 @@ struct FwdWgmmaSmem {
   static constexpr size_t kBytes = sizeof(T) * (kQElems + 4 * kTileElems);  // Q, K x 2, V x 2
 };
 
-// Rows [row0, row0 + 64) of one head into a tile in the core-matrix layout (zeros past L). Eight
-// consecutive threads fill one 128-byte core matrix (conflict-free) from 8 rows' 16-byte pieces.
-template <typename T, int D>
+// Rows [row0, row0 + 64) of one head into a tile in the core-matrix layout (zeros past L), by a
+// block of THREADS threads. Eight consecutive threads fill one 128-byte core matrix
+// (conflict-free) from 8 rows' 16-byte pieces.
+template <typename T, int D, int THREADS = kWgmmaThreads>
 __device__ __forceinline__ void load_core_tile_async(T* smem, const Rows<T>& src, int64_t b, int64_t row0, int64_t h,
                                                      int64_t L) {
   constexpr int kChunks = D / 8;
-  for (int i = threadIdx.x; i < kMmaTile * kChunks; i += kWgmmaThreads) {
+  for (int i = threadIdx.x; i < kMmaTile * kChunks; i += THREADS) {
     const int r8 = i % 8, c = (i / 8) % kChunks, rg = i / (8 * kChunks), r = 8 * rg + r8;
     const bool ok = row0 + r < L;
     cp_async_16(smem + rg * 8 * D + c * 64 + r8 * 8, src.row(b, ok ? row0 + r : row0, h) + c * 8, ok);

@@ -1,13 +1,14 @@
-// Hopper (sm_90a) warpgroup MMA, the pieces the attention forward uses (fwd_wgmma.cuh):
-// wgmma.mma_async m64nNk16 with fp32 accumulators, bf16 / fp16 A from registers and B from shared
-// memory through a no-swizzle matrix descriptor; fence / commit / wait; the async-proxy fence.
+// Hopper (sm_90a) warpgroup MMA, the pieces the attention kernels use (fwd_wgmma.cuh, bwd_wgmma.cuh):
+// wgmma.mma_async m64nNk16 with fp32 accumulators, bf16 / fp16 A from registers or shared memory and
+// B from shared memory through no-swizzle matrix descriptors; fence / commit / wait; the async-proxy fence.
 // Facts from the PTX ISA ("Asynchronous Warpgroup Level Matrix Multiply-Accumulate", "Matrix
 // Descriptor Format", "Async Proxy"), cross-checked with CUTLASS's cute/arch/mma_sm90_desc.hpp:
 //   * descriptor: bits 0-13 start address >> 4, 16-29 leading-dimension byte offset >> 4, 32-45
 //     stride-dimension byte offset >> 4, 62-63 swizzle (0 = none). No swizzle needs 16-byte
 //     alignment only.
 //   * register-A form: d, {a0..a3}, b-desc, scale-d (predicate), imm-scale-a, imm-scale-b,
-//     imm-trans-b (0: B K-major, 1: B MN-major).
+//     imm-trans-b (0: B K-major, 1: B MN-major); shared-memory-A form: d, a-desc, b-desc, scale-d,
+//     imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b.
 //   * accumulators and A's registers must not be touched between the instruction and the
 //     wgmma.wait_group that covers it; wgmma_fence_operand keeps the compiler from moving their uses
 //     across the asm statements (CUTLASS's warpgroup_fence_operand does the same).
@@ -144,7 +145,71 @@ struct WgmmaRS<__half, 128> {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
   }
 };
+// D (64 x N, fp32) = A (64 x 16) B (16 x N), both from shared memory, + (scale_d ? D : 0).
+template <typename T, int N>
+struct WgmmaSS;
+template <>
+struct WgmmaSS<__nv_bfloat16, 32> {
+  template <bool TRANS_A, bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[16], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "%16, %17, p, 1, 1, %19, %20;\n}\n"
+        : RADD_WG_D16(0)
+        : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));
+  }
+};
+template <>
+struct WgmmaSS<__half, 32> {
+  template <bool TRANS_A, bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[16], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "%16, %17, p, 1, 1, %19, %20;\n}\n"
+        : RADD_WG_D16(0)
+        : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));
+  }
+};
+template <>
+struct WgmmaSS<__nv_bfloat16, 64> {
+  template <bool TRANS_A, bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[32], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1, %35, %36;\n}\n"
+        : RADD_WG_D32(0)
+        : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));
+  }
+};
+template <>
+struct WgmmaSS<__half, 64> {
+  template <bool TRANS_A, bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&d)[32], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
+    asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1, %35, %36;\n}\n"
+        : RADD_WG_D32(0)
+        : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));
+  }
+};
 #else
+template <typename T, int N>
+struct WgmmaSS {
+  template <bool TRANS_A, bool TRANS_B>
+  __device__ __forceinline__ static void run(float (&)[N / 2], uint64_t, uint64_t, bool) {
+    __trap();
+  }
+};
 template <typename T, int N>
 struct WgmmaRS {
   template <bool TRANS_B>
@@ -160,6 +225,11 @@ struct WgmmaRS {
 template <typename T, int N, bool TRANS_B>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
   WgmmaRS<T, N>::template run<TRANS_B>(d, a, b_desc, scale_d);
+}
+
+template <typename T, int N, bool TRANS_A, bool TRANS_B>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
+  WgmmaSS<T, N>::template run<TRANS_A, TRANS_B>(d, a_desc, b_desc, scale_d);
 }
 
 }  // namespace radd_fast::gpu

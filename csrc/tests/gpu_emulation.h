@@ -64,7 +64,7 @@ struct WgmmaOp {
   int n;                 // N
   const uint32_t* a;     // 4 registers of A, or null: A from a_desc
   uint64_t a_desc, b_desc;
-  bool trans_b;          // B "MN-major" (N contiguous in its core matrices)
+  bool trans_a, trans_b;  // A / B "MN-major" (M / N contiguous in their core matrices)
   bool scale_d;          // false: D = A B, the old accumulators ignored
 };
 
@@ -267,7 +267,8 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
 
 // ------------------------------------------------------------------------------------- wgmma
 // wgmma.mma_async as the PTX ISA defines it for sm_90a, restricted to what the kernels use: m64nNk16,
-// bf16 inputs, fp32 accumulators, no-swizzle ("interleave") shared-memory operands. Deferred like
+// bf16 inputs, fp32 accumulators, no-swizzle ("interleave") shared-memory operands (A as well,
+// where it is not in registers; MN-major for either with its transpose flag). Deferred like
 // the hardware's: an op only records what it names; it runs at the wgmma.wait_group that covers its
 // commit group, as a collective of the 128 threads of the warpgroup, reading A's registers, the
 // shared-memory operands and the old accumulators *then* -- so a kernel that touches the
@@ -278,7 +279,7 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
 //     only mode emulated). Addresses here are offsets into the block's shared memory.
 //   * No-swizzle layouts are made of 8 x 8 "core matrices" of 128 contiguous bytes. K-major (K
 //     contiguous): element (mn, k) at start + (mn / 8) SBO + (k / 8) LBO + 16 (mn % 8) + 2 (k % 8).
-//     MN-major (B with the transpose flag): at start + (mn / 8) SBO + (k / 8) LBO + 16 (k % 8) +
+//     MN-major (with the transpose flag): at start + (mn / 8) SBO + (k / 8) LBO + 16 (k % 8) +
 //     2 (mn % 8).
 //   * Accumulators: warp w of the warpgroup holds rows 16 w .. 16 w + 15; register 4 j + e of lane
 //     (g = lane / 4, t = lane % 4) is (row 16 w + g + 8 (e / 2), col 8 j + 2 t + e % 2) -- mma.sync's
@@ -306,12 +307,12 @@ inline void wgmma_run(const WgmmaOp& mine) {
   auto op = [&](int i) { return static_cast<const WgmmaOp*>(state.warpgroup_slots[i]); };
   for (int i = 0; i < 128; ++i)  // .aligned: every thread names the same shape and operands
     if (op(i)->n != mine.n || op(i)->b_desc != mine.b_desc || op(i)->trans_b != mine.trans_b ||
-        (op(i)->a == nullptr) != (mine.a == nullptr) || (!mine.a && op(i)->a_desc != mine.a_desc) ||
+        (op(i)->a == nullptr) != (mine.a == nullptr) || (!mine.a && (op(i)->a_desc != mine.a_desc || op(i)->trans_a != mine.trans_a)) ||
         op(i)->scale_d != mine.scale_d)
       std::abort();
   const int w = int(tid / 32), lane = int(tid % 32), g = lane / 4, t = lane % 4;
   auto a_elem = [&](int row, int k) {  // A (64 x 16)
-    if (!mine.a) return wgmma_smem_elem(mine.a_desc, row, k, false);
+    if (!mine.a) return wgmma_smem_elem(mine.a_desc, row, k, mine.trans_a);
     const int src = 32 * (row / 16) + 4 * (row % 8) + (k % 8) / 2;
     return bf16_half(op(src)->a[(row % 16) / 8 + 2 * (k / 8)], k % 2);
   };
@@ -349,7 +350,12 @@ inline void wgmma_fence_operand(T&) {}
 // D (64 x N) (+)= A (64 x 16, registers) B (16 x N, shared memory).
 template <typename T, int N, bool TRANS_B>
 inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
-  emu::state.wg_open.push_back(emu::WgmmaOp{d, N, a, 0, b_desc, TRANS_B, scale_d});
+  emu::state.wg_open.push_back(emu::WgmmaOp{d, N, a, 0, b_desc, false, TRANS_B, scale_d});
+}
+// D (64 x N) (+)= A (64 x 16) B (16 x N), both from shared memory.
+template <typename T, int N, bool TRANS_A, bool TRANS_B>
+inline void wgmma_ss(float (&d)[N / 2], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
+  emu::state.wg_open.push_back(emu::WgmmaOp{d, N, nullptr, a_desc, b_desc, TRANS_A, TRANS_B, scale_d});
 }
 }  // namespace radd_fast::gpu
 

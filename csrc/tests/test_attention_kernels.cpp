@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention/bwd_wgmma.cuh"
 #include "attention/fwd_wgmma.cuh"
 #include "attention/kernels.cuh"
 #include "tests/test_util.h"
@@ -92,7 +93,7 @@ double rel_err(const std::vector<G>& got, const std::vector<double>& want) {
 }
 
 // MT: m-tiles per warp of the bf16 mma.sync forward (64 MT queries per block); MT = 0: the
-// sm_90a wgmma forward (128 queries per block).
+// sm_90a wgmma forward (128 queries per block) and backward.
 template <typename T, int D, int MT = 1>
 void run_case(const Case& c, unsigned seed) {
   constexpr bool kMma = std::is_same_v<T, EmuBf16>;
@@ -197,7 +198,12 @@ void run_case(const Case& c, unsigned seed) {
   });
   std::vector<T> dk(n, T(-99.0)), dv(n, T(-99.0));
   std::vector<Lse> dq(n, Lse(0));  // bf16: the fp32 accumulator; fp32 / fp64: dq itself (zeroed)
-  if constexpr (kMma) {
+  if constexpr (kMma && MT == 0) {
+    launch(EmuDim3{grid, 1, 1}, cu::kMmaThreads, cu::BwdWgmmaSmem<T, D>::kBytes, [&] {
+      cu::bwd_wgmma_kernel<T, D>(Q, K, V, dO, lse.data(), delta.data(), dk.data(), dv.data(), dq.data(), mp, H,
+                                 scale_f, scale_f * cu::kLog2e);
+    });
+  } else if constexpr (kMma) {
     launch(EmuDim3{grid, 1, 1}, cu::kMmaThreads, cu::BwdMmaSmem<T, D>::kBytes, [&] {
       cu::bwd_mma_kernel<T, D>(Q, K, V, dO, lse.data(), delta.data(), dk.data(), dv.data(), dq.data(), mp, H,
                                scale_f, scale_f * cu::kLog2e);
@@ -268,7 +274,8 @@ int main() {
   run_all<EmuBf16, 32, 2>(small, 100);
   run_all<EmuBf16, 128, 1>(small, 200);
   run_all<EmuBf16, 64, 1>(small, 250);
-  // The sm_90a wgmma forward (RADD_FAST_ATTENTION_FORWARD=wgmma), every head_dim.
+  // The sm_90a wgmma forward and backward (RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma), every
+  // head_dim.
   run_all<EmuBf16, 64, 0>(mma_cases, 700);
   run_all<EmuBf16, 32, 0>(small, 800);
   run_all<EmuBf16, 128, 0>(small, 900);
