@@ -10,32 +10,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <array>
-#include <atomic>
 #include <type_traits>
 
-#include "attention/bwd_wgmma.cuh"
-#include "attention/fwd_wgmma.cuh"
 #include "attention/kernels.cuh"
+#include "attention/launch.cuh"
 
 namespace radd_fast::attention::cuda {
 namespace {
-
-int64_t grid_size(int64_t n) {
-  TORCH_CHECK(n < (int64_t(1) << 31), "radd_fast.masked_attention: problem too large (", n, " thread blocks)");
-  return n;
-}
-
-// Calls f(std::integral_constant<int, D>) for the supported head dims.
-template <typename F>
-void with_head_dim(int64_t D, F&& f) {
-  switch (D) {
-    case 32: return f(std::integral_constant<int, 32>{});
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-    default: TORCH_CHECK(false, "radd_fast: unsupported head_dim ", D);  // check_head_dim ran first
-  }
-}
 
 // The mask tensors the kernels read, kept alive until the launches are enqueued (the caching
 // allocator keeps their memory for the stream afterwards).
@@ -79,23 +60,12 @@ at::Tensor aligned16(const at::Tensor& t) {
   return ok ? t : at::empty(t.sizes(), t.options()).copy_(t);
 }
 
-template <typename T>
-Rows<T> rows(const at::Tensor& t) {
-  return Rows<T>{reinterpret_cast<const T*>(t.const_data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-template <typename K>
-void set_smem(K kernel, size_t bytes) {
-  // cuda_api.cpp has checked bytes against the GPU's opt-in limit (smem_bytes below).
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-
 template <typename T, int D>
 size_t smem_of(bool backward, TcKernel kernel) {
   constexpr bool mma = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
   if constexpr (mma) {
-    if (backward) return kernel == TcKernel::kWgmma ? BwdWgmmaSmem<T, D>::kBytes : BwdMmaSmem<T, D>::kBytes;
-    if (kernel == TcKernel::kWgmma) return FwdWgmmaSmem<T, D>::kBytes;
+    if (kernel == TcKernel::kWgmma) return wgmma_smem_bytes(D, backward);
+    if (backward) return BwdMmaSmem<T, D>::kBytes;
     if constexpr (D <= 64) {
       if (kernel == TcKernel::kMma128) return FwdMmaSmem<T, D, 2>::kBytes;
     }
@@ -122,39 +92,6 @@ size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, TcKerne
 }
 
 namespace {
-// Writes 1 where the code running is sm_90a code (so fwd_wgmma_kernel is real), 0 otherwise -- e.g.
-// sm_80 code or PTX JIT-compiled for an sm_90 GPU by a build without 9.0a in TORCH_CUDA_ARCH_LIST.
-__global__ void wgmma_probe_kernel(int* out) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  *out = 1;
-#else
-  *out = 0;
-#endif
-}
-}  // namespace
-
-bool wgmma_available(int device) {
-  // 0: not probed yet, 1: no, 2: yes. One blocking probe per device and process, on first use.
-  static std::array<std::atomic<int>, 64> known{};
-  if (device < 0 || device >= static_cast<int>(known.size())) return false;
-  if (const int k = known[device].load()) return k == 2;
-  int major = 0, minor = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  bool yes = false;
-  if (major == 9 && minor == 0) {  // sm_90a code runs on compute capability 9.0 only
-    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
-    at::Tensor flag = at::zeros({1}, at::TensorOptions().device(at::kCUDA, device).dtype(at::kInt));
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-    wgmma_probe_kernel<<<1, 1, 0, stream>>>(flag.data_ptr<int>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    yes = flag.item<int>() == 1;
-  }
-  known[device].store(yes ? 2 : 1);
-  return yes;
-}
-
-namespace {
 // ---------------------------------------------------------------------------------- forward
 template <typename T, int D, int MT>
 void launch_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp,
@@ -169,27 +106,13 @@ void launch_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename T, int D>
-void launch_fwd_wgmma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp,
-                      double scale, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
-  const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
-  const int64_t grid = grid_size(B * H * ((L + kWgmmaQueries - 1) / kWgmmaQueries));
-  auto kernel = fwd_wgmma_kernel<T, D>;
-  constexpr size_t smem = FwdWgmmaSmem<T, D>::kBytes;
-  set_smem(kernel, smem);
-  kernel<<<grid, kWgmmaThreads, smem, stream>>>(rows<T>(q), rows<T>(k), rows<T>(v),
-                                                reinterpret_cast<T*>(out.data_ptr()), lse.data_ptr<float>(), mp, H,
-                                                static_cast<float>(scale) * kLog2e);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 template <typename T>
 void fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp, double scale,
              TcKernel kernel, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
   const at::Tensor qa = aligned16(q), ka = aligned16(k), va = aligned16(v);
   with_head_dim(q.size(3), [&](auto d) {
     constexpr int D = decltype(d)::value;
-    if (kernel == TcKernel::kWgmma) return launch_fwd_wgmma<T, D>(qa, ka, va, mp, scale, out, lse, stream);
+    if (kernel == TcKernel::kWgmma) return launch_fwd_wgmma(qa, ka, va, mp, scale, out, lse);
     if constexpr (D <= 64) {  // 128-query blocks at head_dim 128 spill registers (see kernels.cuh)
       if (kernel == TcKernel::kMma128) return launch_fwd_mma<T, D, 2>(qa, ka, va, mp, scale, out, lse, stream);
     }
@@ -266,20 +189,23 @@ void bwd_mma(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& 
   const at::Tensor lse_c = lse.contiguous();
   const at::Tensor delta = compute_delta<T, float>(go, out, grad_lse, B, L, H, D, lse_c, stream);
   at::Tensor dq_acc = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
-  const int64_t grid = grid_size(B * H * ((L + kMmaTile - 1) / kMmaTile));
-  with_head_dim(D, [&](auto d) {
-    constexpr int Dc = decltype(d)::value;
-    const bool wgmma = tc == TcKernel::kWgmma;  // the same arguments and grid
-    auto kernel = wgmma ? bwd_wgmma_kernel<T, Dc> : bwd_mma_kernel<T, Dc>;
-    const size_t smem = wgmma ? BwdWgmmaSmem<T, Dc>::kBytes : BwdMmaSmem<T, Dc>::kBytes;
-    set_smem(kernel, smem);
-    kernel<<<grid, kMmaThreads, smem, stream>>>(rows<T>(qa), rows<T>(ka), rows<T>(va), rows<T>(go),
-                                                lse_c.const_data_ptr<float>(), delta.const_data_ptr<float>(),
-                                                reinterpret_cast<T*>(dk.data_ptr()), reinterpret_cast<T*>(dv.data_ptr()),
-                                                dq_acc.data_ptr<float>(), mp, H, static_cast<float>(scale),
-                                                static_cast<float>(scale) * kLog2e);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  if (tc == TcKernel::kWgmma) {
+    launch_bwd_wgmma(qa, ka, va, go, lse_c, delta, dk, dv, dq_acc, mp, scale);
+  } else {
+    const int64_t grid = grid_size(B * H * ((L + kMmaTile - 1) / kMmaTile));
+    with_head_dim(D, [&](auto d) {
+      constexpr int Dc = decltype(d)::value;
+      auto kernel = bwd_mma_kernel<T, Dc>;
+      constexpr size_t smem = BwdMmaSmem<T, Dc>::kBytes;
+      set_smem(kernel, smem);
+      kernel<<<grid, kMmaThreads, smem, stream>>>(rows<T>(qa), rows<T>(ka), rows<T>(va), rows<T>(go),
+                                                  lse_c.const_data_ptr<float>(), delta.const_data_ptr<float>(),
+                                                  reinterpret_cast<T*>(dk.data_ptr()),
+                                                  reinterpret_cast<T*>(dv.data_ptr()), dq_acc.data_ptr<float>(), mp, H,
+                                                  static_cast<float>(scale), static_cast<float>(scale) * kLog2e);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
   dq.copy_(dq_acc);  // fp32 -> bf16/fp16 (dS was pre-scaled)
 }
 

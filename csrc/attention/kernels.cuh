@@ -48,8 +48,8 @@ struct MaskParams {
   bool strict = false;
 };
 
-// One warp per (b, tile).
-__global__ void tile_stats_kernel(MaskParams mp, int64_t tile, TileStats* out, int64_t count) {
+// One warp per (b, tile). static: every translation unit that includes this header gets its own copy.
+static __global__ void tile_stats_kernel(MaskParams mp, int64_t tile, TileStats* out, int64_t count) {
   const int64_t w = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (w >= count) return;
