@@ -77,6 +77,15 @@ def main(argv: list[str]) -> int:
         for line in lines:
             if "DID NOT RAISE" in line:
                 print(f"  {line.strip()}")
+    compile_log = out / "compile.log"  # its own process: the compiled step and the wgmma kernels
+    if compile_log.exists():
+        lines = compile_log.read_text(errors="replace").splitlines()
+        counts = next((line.strip("= ") for line in reversed(lines) if re.search(r"\d+ (passed|failed|error)", line)),
+                      "no pytest summary (cut short?)")
+        print(f"compile stage (compiled train step, wgmma kernels): {counts}")
+        for line in lines:
+            if line.startswith(("FAILED", "ERROR")):
+                print(f"  {line[:150]}")
     for tool in ("memcheck", "racecheck"):  # bench/sanitize_cases.py under compute-sanitizer
         log = out / f"{tool}.log"
         if log.exists():

@@ -121,6 +121,7 @@ def test_attention_cuda_q64(bench, device, kind, monkeypatch):
     run_case(bench, device, torch.bfloat16, CUDA_SHAPES[0], kind, "fused-q64", "fwd")
 
 
+@pytest.mark.wgmma
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
 @pytest.mark.parametrize("kind,pass_", [("bidirectional", "fwd"), ("bidirectional", "bwd"), ("causal", "fwd")])
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"D{s[3]}")

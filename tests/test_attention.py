@@ -464,6 +464,7 @@ def _wgmma_expected(device):
     return torch.cuda.get_device_capability(device) == (9, 0) and "9.0a" in arch
 
 
+@pytest.mark.wgmma
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("D", [32, 64, 128])
@@ -508,6 +509,7 @@ def test_cuda_wgmma_kernels(device, monkeypatch, dtype, D, pattern, L):
         assert ((a.double() - b.double()).norm() / t.norm()).item() < TOLERANCE[dtype], name
 
 
+@pytest.mark.wgmma
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("D", [64, 128])

@@ -63,12 +63,16 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
     (tmp_path / "profile.log").write_text("==PROF== Connected\n" + "\n".join([head, *rows]) + "\n")
     (tmp_path / "errors.log").write_text("calling cpu rotary: x ...\n  raised ValueError: y\n"
                                          "calling cuda attention: head_dim 48 ...\nFatal Python error: Segmentation fault\n")
+    (tmp_path / "compile.log").write_text("..F.\nFAILED tests/test_attention.py::test_cuda_wgmma_kernels[x] - "
+                                          "AssertionError: dq\n===== 1 failed, 57 passed in 30.1s =====\n")
     assert load_bench_script("summarize").main(["summarize", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "memcheck  1 cases ok; ERROR SUMMARY: 0 errors" in out and "FAIL loss b" in out
     assert "gemm_kernel<__nv_bfloat16, true, true, StoreLogits<float>>" in out
     assert "time 812.35 us, SM % 45.1, occupancy % 22.9" in out
     assert "error paths: process died during 'cuda attention: head_dim 48'" in out
+    assert "compile stage (compiled train step, wgmma kernels): 1 failed, 57 passed in 30.1s" in out
+    assert "  FAILED tests/test_attention.py::test_cuda_wgmma_kernels[x]" in out
 
 
 @pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
