@@ -74,7 +74,7 @@ TcKernel forward_kernel(const at::Tensor& q, const char* op) {
   if (wgmma) {
     TORCH_CHECK_VALUE(tile == "auto", "radd_fast.", op,
                       ": RADD_FAST_ATTENTION_QUERY_TILE=64 applies to the mma forward; the wgmma forward "
-                      "(RADD_FAST_ATTENTION_FORWARD=wgmma) has 128-query blocks");
+                      "(RADD_FAST_ATTENTION_FORWARD=wgmma) sizes its own blocks");
     return TcKernel::kWgmma;
   }
   return tile == "auto" && q.size(3) <= 64 ? TcKernel::kMma128 : TcKernel::kMma64;

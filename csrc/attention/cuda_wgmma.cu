@@ -31,11 +31,12 @@ template <typename T, int D>
 void fwd_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp, double scale,
                at::Tensor& out, at::Tensor& lse) {
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
-  const int64_t grid = grid_size(B * H * ((L + kWgmmaQueries - 1) / kWgmmaQueries));
+  constexpr int64_t kQueries = fwd_wgmma_queries<D>();
+  const int64_t grid = grid_size(B * H * ((L + kQueries - 1) / kQueries));
   auto kernel = fwd_wgmma_kernel<T, D>;
   constexpr size_t smem = FwdWgmmaSmem<T, D>::kBytes;
   set_smem(kernel, smem);
-  kernel<<<grid, kWgmmaThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+  kernel<<<grid, fwd_wgmma_threads<D>(), smem, c10::cuda::getCurrentCUDAStream()>>>(
       rows<T>(q), rows<T>(k), rows<T>(v), reinterpret_cast<T*>(out.data_ptr()), lse.data_ptr<float>(), mp, H,
       static_cast<float>(scale) * kLog2e);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -5,9 +5,9 @@
 // (SDPA 336). wgmma issues a 64 x N x 16 product per warpgroup (4 warps) and reads B straight from
 // shared memory, so no ldmatrix traffic or B registers, and it runs asynchronously.
 //
-// CTA = (b, h, 128 queries), 2 warpgroups of 64 query rows (8 warps; warp w owns rows 16 w..16 w+15,
-// as in the mma.sync kernel with 16 rows per warp, because wgmma's accumulator layout per warp is
-// mma.sync's). Key tiles of 64 keys, double-buffered by cp.async and shared by both warpgroups:
+// CTA = (b, h, 64 G queries), G warpgroups of 64 query rows (warp w owns rows 16 w..16 w+15, as in
+// the mma.sync kernel with 16 rows per warp, because wgmma's accumulator layout per warp is
+// mma.sync's). Key tiles of 64 keys, double-buffered by cp.async and shared by the warpgroups:
 //   S (64 x 64 per warpgroup) = Q K^T: wgmma m64n64k16, A = Q from registers (loaded once by
 //     ldmatrix), B = the K tile (N = key, K = d: "K-major").
 //   online softmax on the registers (fwd_softmax_tile, shared with the mma.sync kernel).
@@ -31,20 +31,36 @@
 
 namespace radd_fast::attention::cuda {
 
-constexpr int kWgmmaThreads = 256;  // 2 warpgroups
-constexpr int kWgmmaQueries = 128;  // queries per CTA
+// Warpgroups per CTA, G. The two warpgroups of a CTA share each K / V tile (half the loads per
+// query) but meet at a barrier per tile, so they run their products and their softmax in step;
+// overlap of one warpgroup's softmax with another's products then comes from a second CTA on the
+// SM. ptxas (CUDA 13, sm_90a) gives 120 registers at head_dim 64 (two 256-thread CTAs fit an SM's
+// 64 K registers) but 202 at head_dim 128, where one 256-thread CTA would fill the SM alone: there
+// G = 1, two independent 128-thread CTAs per SM.
+template <int D>
+constexpr int fwd_wgmma_groups() {
+  return D >= 128 ? 1 : 2;
+}
+template <int D>
+constexpr int fwd_wgmma_threads() {
+  return 128 * fwd_wgmma_groups<D>();
+}
+template <int D>
+constexpr int fwd_wgmma_queries() {  // queries per CTA
+  return 64 * fwd_wgmma_groups<D>();
+}
 
 template <typename T, int D>
 struct FwdWgmmaSmem {
-  static constexpr int kQElems = kWgmmaQueries * smem_ld<D>();          // padded rows, for ldmatrix
-  static constexpr int kTileElems = kMmaTile * D;                       // core-matrix layout
+  static constexpr int kQElems = fwd_wgmma_queries<D>() * smem_ld<D>();     // padded rows, for ldmatrix
+  static constexpr int kTileElems = kMmaTile * D;                           // core-matrix layout
   static constexpr size_t kBytes = sizeof(T) * (kQElems + 4 * kTileElems);  // Q, K x 2, V x 2
 };
 
 // Rows [row0, row0 + 64) of one head into a tile in the core-matrix layout (zeros past L), by a
 // block of THREADS threads. Eight consecutive threads fill one 128-byte core matrix
 // (conflict-free) from 8 rows' 16-byte pieces.
-template <typename T, int D, int THREADS = kWgmmaThreads>
+template <typename T, int D, int THREADS>
 __device__ __forceinline__ void load_core_tile_async(T* smem, const Rows<T>& src, int64_t b, int64_t row0, int64_t h,
                                                      int64_t L) {
   constexpr int kChunks = D / 8;
@@ -56,7 +72,7 @@ __device__ __forceinline__ void load_core_tile_async(T* smem, const Rows<T>& src
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kWgmmaThreads) fwd_wgmma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V,
+__global__ void __launch_bounds__(fwd_wgmma_threads<D>()) fwd_wgmma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V,
                                                                    T* __restrict__ out, float* __restrict__ lse,
                                                                    MaskParams mp, int64_t H, float scale_log2) {
 #if defined(RADD_GEMM_HOST_EMULATION) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -67,7 +83,8 @@ __global__ void __launch_bounds__(kWgmmaThreads) fwd_wgmma_kernel(Rows<T> Q, Row
   using gpu::wgmma_fence;
   using gpu::wgmma_fence_operand;
   using gpu::wgmma_wait;
-  constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8;
+  constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8, G = fwd_wgmma_groups<D>();
+  constexpr int THREADS = fwd_wgmma_threads<D>(), QROWS = fwd_wgmma_queries<D>();
   // Descriptor strides in bytes: along d one core matrix (128 B), along keys 8 rows of D (16 D B).
   constexpr uint32_t kCoreBytes = 128, kKeyGroupBytes = 16 * D;
   RADD_DYNAMIC_SMEM(smem_raw);
@@ -75,21 +92,21 @@ __global__ void __launch_bounds__(kWgmmaThreads) fwd_wgmma_kernel(Rows<T> Q, Row
   T* Ks = Qs + S::kQElems;  // two buffers
   T* Vs = Ks + 2 * S::kTileElems;
 
-  const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile, n_q = (L + kWgmmaQueries - 1) / kWgmmaQueries;
+  const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile, n_q = (L + QROWS - 1) / QROWS;
   const int64_t qb = blockIdx.x % n_q, bh = blockIdx.x / n_q, b = bh / H, h = bh % H;
-  const int64_t q0 = qb * kWgmmaQueries;
+  const int64_t q0 = qb * QROWS;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int wrow = warp * 16;                                        // the warp's first row
-  const int64_t qt_lo = q0 / kMmaTile, qt_hi = min(qt_lo + 2, n_t);  // the CTA's stats tiles
+  const int64_t qt_lo = q0 / kMmaTile, qt_hi = min(qt_lo + G, n_t);  // the CTA's stats tiles
   const int64_t qt_w = qt_lo + warp / 4;                             // the warpgroup's
   const bool group_live = qt_w < n_t;
 
-  load_tile_async<T, D, kWgmmaQueries, kWgmmaThreads>(Qs, Q, b, q0, h, L);
+  load_tile_async<T, D, QROWS, THREADS>(Qs, Q, b, q0, h, L);
   cp_async_commit();
   int64_t kt = next_key_tile_any(mp, b, qt_lo, qt_hi, 0, n_t, kMmaTile);
   if (kt < n_t) {
-    load_core_tile_async<T, D>(Ks, K, b, kt * kMmaTile, h, L);
-    load_core_tile_async<T, D>(Vs, V, b, kt * kMmaTile, h, L);
+    load_core_tile_async<T, D, THREADS>(Ks, K, b, kt * kMmaTile, h, L);
+    load_core_tile_async<T, D, THREADS>(Vs, V, b, kt * kMmaTile, h, L);
   }
   cp_async_commit();
   cp_async_wait<1>();  // Q has landed
@@ -110,8 +127,8 @@ __global__ void __launch_bounds__(kWgmmaThreads) fwd_wgmma_kernel(Rows<T> Q, Row
   while (kt < n_t) {
     const int64_t nxt = next_key_tile_any(mp, b, qt_lo, qt_hi, kt + 1, n_t, kMmaTile);
     if (nxt < n_t) {  // prefetch the next needed tile into the other buffer
-      load_core_tile_async<T, D>(Ks + (buf ^ 1) * S::kTileElems, K, b, nxt * kMmaTile, h, L);
-      load_core_tile_async<T, D>(Vs + (buf ^ 1) * S::kTileElems, V, b, nxt * kMmaTile, h, L);
+      load_core_tile_async<T, D, THREADS>(Ks + (buf ^ 1) * S::kTileElems, K, b, nxt * kMmaTile, h, L);
+      load_core_tile_async<T, D, THREADS>(Vs + (buf ^ 1) * S::kTileElems, V, b, nxt * kMmaTile, h, L);
     }
     cp_async_commit();
     cp_async_wait<1>();  // the current tile has landed

@@ -93,7 +93,7 @@ double rel_err(const std::vector<G>& got, const std::vector<double>& want) {
 }
 
 // MT: m-tiles per warp of the bf16 mma.sync forward (64 MT queries per block); MT = 0: the
-// sm_90a wgmma forward (128 queries per block) and backward.
+// sm_90a wgmma forward (64 or 128 queries per block, by head_dim) and backward.
 template <typename T, int D, int MT = 1>
 void run_case(const Case& c, unsigned seed) {
   constexpr bool kMma = std::is_same_v<T, EmuBf16>;
@@ -178,8 +178,9 @@ void run_case(const Case& c, unsigned seed) {
   const unsigned grid = unsigned(B * H * n_t);
   const float scale_f = float(scale);
   if constexpr (kMma && MT == 0) {
-    const unsigned fwd_grid = unsigned(B * H * ((L + cu::kWgmmaQueries - 1) / cu::kWgmmaQueries));
-    launch(EmuDim3{fwd_grid, 1, 1}, cu::kWgmmaThreads, cu::FwdWgmmaSmem<T, D>::kBytes, [&] {
+    constexpr int kQueries = cu::fwd_wgmma_queries<D>();
+    const unsigned fwd_grid = unsigned(B * H * ((L + kQueries - 1) / kQueries));
+    launch(EmuDim3{fwd_grid, 1, 1}, cu::fwd_wgmma_threads<D>(), cu::FwdWgmmaSmem<T, D>::kBytes, [&] {
       cu::fwd_wgmma_kernel<T, D>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
     });
   } else if constexpr (kMma) {
