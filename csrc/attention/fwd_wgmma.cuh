@@ -20,7 +20,7 @@
 // wgmma (.aligned) requires.
 //
 // Compiled for sm_90a only (wgmma is an arch-specific feature); elsewhere the kernel traps and the
-// host never launches it (cuda.cu probes the build). csrc/tests/gpu_emulation.h emulates wgmma
+// host never launches it (cuda_wgmma.cu probes the build). csrc/tests/gpu_emulation.h emulates wgmma
 // (deferred to its wait, like the hardware) and test_attention_kernels runs this kernel on it.
 #pragma once
 
