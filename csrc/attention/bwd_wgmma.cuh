@@ -30,8 +30,18 @@ struct BwdWgmmaSmem {
   static constexpr size_t kBytes = sizeof(T) * (6 * kTileElems + kDsElems) + sizeof(float) * 2 * 2 * kMmaTile;
 };
 
+// Blocks per SM that the register budget is held to. Three at head_dim <= 64: a warpgroup runs its
+// products, its softmax-gradient math and its dQ atomics one after another, and a third block keeps
+// the tensor cores busier while the others are in the latter two. ptxas (CUDA 13, sm_90a) then
+// gives 168 registers at head_dim 64 with 20 bytes spilled (202 and none when left free, two
+// blocks per SM); head_dim 128 needs 251 registers: two blocks.
+template <int D>
+constexpr int bwd_wgmma_min_blocks() {
+  return D <= 64 ? 3 : 2;
+}
+
 template <typename T, int D>
-__global__ void __launch_bounds__(kMmaThreads) bwd_wgmma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, Rows<T> dO,
+__global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wgmma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, Rows<T> dO,
                                                                  const float* __restrict__ lse,
                                                                  const float* __restrict__ delta, T* __restrict__ dk,
                                                                  T* __restrict__ dv, float* __restrict__ dq_acc,
@@ -170,6 +180,9 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_wgmma_kernel(Rows<T> Q, Rows<
     for (int kk = 0; kk < 4; ++kk)
       gpu::wgmma_rs<T, D, true>(dk_flat, dd[kk], wgmma_desc(Qb + kk * 16 * D, kGroup, kCore), true);
     wgmma_commit();
+    // Waiting here frees P^T / dS^T's registers before dQ's accumulators go live (the dQ chain
+    // would queue behind these products on the tensor cores anyway).
+    wgmma_wait<0>();
     gpu::fence_proxy_async_smem();  // the dS^T stores (generic proxy) before wgmma reads them
     __syncthreads();                // all of dS^T is written
     // dQ (64 queries x D) += dS K in column chunks of kDqN: A (m = query, k = key) is dS^T read
@@ -186,7 +199,7 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_wgmma_kernel(Rows<T> Q, Rows<
         gpu::wgmma_ss<T, kDqN, true, true>(dq, wgmma_desc(dSs + kk * 16 * kMmaTile, kDsGroup, kCore),
                                            wgmma_desc(Ks + kk * 16 * D + n0 * 8, kGroup, kCore), kk > 0);
       wgmma_commit();
-      wgmma_wait<0>();  // also the dV / dK products above
+      wgmma_wait<0>();
 #pragma unroll
       for (int i = 0; i < kDqN / 2; ++i) wgmma_fence_operand(dq[i]);
 #pragma unroll
