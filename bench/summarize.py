@@ -77,12 +77,12 @@ def main(argv: list[str]) -> int:
         for line in lines:
             if "DID NOT RAISE" in line:
                 print(f"  {line.strip()}")
-    compile_log = out / "compile.log"  # its own process: the compiled step and the wgmma kernels
-    if compile_log.exists():
-        lines = compile_log.read_text(errors="replace").splitlines()
+    wgmma_log = out / "wgmma.log"  # the wgmma kernels' tests and benchmarks, in a process of their own
+    if wgmma_log.exists():
+        lines = wgmma_log.read_text(errors="replace").splitlines()
         counts = next((line.strip("= ") for line in reversed(lines) if re.search(r"\d+ (passed|failed|error)", line)),
                       "no pytest summary (cut short?)")
-        print(f"compile stage (compiled train step, wgmma kernels): {counts}")
+        print(f"wgmma stage: {counts}")
         for line in lines:
             if line.startswith(("FAILED", "ERROR")):
                 print(f"  {line[:150]}")
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
     if profile.exists():
         print_profile(profile.read_text(errors="replace").splitlines())
     groups: dict[str, list] = {}
-    for name in ("bench.json", "bench_sampler.json", "bench_compile.json"):  # stages of their own
+    for name in ("bench.json", "bench_sampler.json", "bench_compile.json", "bench_wgmma.json"):  # stages of their own
         bj = out / name
         if bj.exists():
             for b in json.loads(bj.read_text())["benchmarks"]:

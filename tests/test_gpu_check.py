@@ -63,15 +63,15 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
     (tmp_path / "profile.log").write_text("==PROF== Connected\n" + "\n".join([head, *rows]) + "\n")
     (tmp_path / "errors.log").write_text("calling cpu rotary: x ...\n  raised ValueError: y\n"
                                          "calling cuda attention: head_dim 48 ...\nFatal Python error: Segmentation fault\n")
-    (tmp_path / "compile.log").write_text("..F.\nFAILED tests/test_attention.py::test_cuda_wgmma_kernels[x] - "
-                                          "AssertionError: dq\n===== 1 failed, 57 passed in 30.1s =====\n")
+    (tmp_path / "wgmma.log").write_text("..F.\nFAILED tests/test_attention.py::test_cuda_wgmma_kernels[x] - "
+                                        "AssertionError: dq\n===== 1 failed, 57 passed in 30.1s =====\n")
     assert load_bench_script("summarize").main(["summarize", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "memcheck  1 cases ok; ERROR SUMMARY: 0 errors" in out and "FAIL loss b" in out
     assert "gemm_kernel<__nv_bfloat16, true, true, StoreLogits<float>>" in out
     assert "time 812.35 us, SM % 45.1, occupancy % 22.9" in out
     assert "error paths: process died during 'cuda attention: head_dim 48'" in out
-    assert "compile stage (compiled train step, wgmma kernels): 1 failed, 57 passed in 30.1s" in out
+    assert "wgmma stage: 1 failed, 57 passed in 30.1s" in out
     assert "  FAILED tests/test_attention.py::test_cuda_wgmma_kernels[x]" in out
 
 
@@ -99,7 +99,8 @@ def test_cuda_argument_errors_are_raised_by_host_compiled_code():
 
 def test_stage_caps_fit_the_device_budget():
     # A device session has 15 minutes in all (start-up included), one command at most 10: the stage
-    # caps must add up to what the header says, and leave room under a 580 s command limit.
+    # caps must add up to what the header says, and leave room (start-up, summary) under a 580 s
+    # command limit.
     text = (ROOT / "bench" / "gpu_check.sh").read_text()
     caps = {name: int(s) for name, s in re.findall(r"\bstage (\w+) (\d+) ", text)}
     assert {"build", "tests", "bench", "memcheck"} <= set(caps), caps
@@ -107,4 +108,4 @@ def test_stage_caps_fit_the_device_budget():
     assert header, "budget line missing from the header"
     listed = {n: int(v) for n, v in re.findall(r"(\w+) (\d+)", header.group(2))}
     assert listed == caps, (listed, caps)
-    assert sum(caps.values()) == int(header.group(1)) <= 540
+    assert sum(caps.values()) == int(header.group(1)) <= 560
