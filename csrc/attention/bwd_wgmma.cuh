@@ -140,25 +140,13 @@ __global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wg
 #pragma unroll
     for (int i = 0; i < 32; ++i) wgmma_fence_operand(st_flat[i]), wgmma_fence_operand(dpt_flat[i]);
 
-    // P^T = exp2(S^T scale log2e - lse log2e) (0 where hidden), dS^T = P^T (dP^T - delta) scale,
-    // packed at once into the A fragments of k step kk (queries 16 kk..16 kk + 15) of the products
-    // below. Element e of n-tile nt: key key[e / 2], query column nt * 8 + 2 t4 + (e & 1).
+    // P^T and dS^T, packed at once into the A fragments of k step kk (queries 16 kk..16 kk + 15) of
+    // the products below (bwd_p_ds_tile, shared with the mma.sync backward).
     uint32_t pp[4][4], dd[4][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = nt * 8 + 2 * t4 + (e & 1);
-        float p = fast_exp2(st[nt][e] * scale_log2 - lse_b[c]);
-        if (partial && !queries.sees(c, kvalid[e / 2], kord[e / 2])) p = 0.f;
-        st[nt][e] = p;
-        dpt[nt][e] = softmax_grad(p, dpt[nt][e], delta_b[c]) * scale;
-      }
-      pp[nt / 2][(nt & 1) * 2] = M::pack(st[nt][0], st[nt][1]);
-      pp[nt / 2][(nt & 1) * 2 + 1] = M::pack(st[nt][2], st[nt][3]);
-      dd[nt / 2][(nt & 1) * 2] = M::pack(dpt[nt][0], dpt[nt][1]);
-      dd[nt / 2][(nt & 1) * 2 + 1] = M::pack(dpt[nt][2], dpt[nt][3]);
-    }
+    for (int nt = 0; nt < 8; ++nt)
+      bwd_p_ds_tile<M>(st[nt], dpt[nt], nt, t4, scale_log2, scale, lse_b, delta_b, partial, queries, kvalid, kord,
+                       pp, dd);
     // dS^T to shared memory in the core-matrix layout (rows = keys, 8 x 8 blocks of queries): element
     // (key r, query c) at 512 (r / 8) + 64 (c / 8) + 8 (r % 8) + c % 8. A warp's 32 stores of one
     // n-tile fill one 128-byte core matrix: conflict-free.
@@ -219,17 +207,7 @@ __global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wg
     buf ^= 1;
   }
   cp_async_wait<0>();
-  // dK (dS was pre-scaled) and dV of this warp's keys.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (key[r] >= L) continue;
-    const int64_t o = ((b * L + key[r]) * H + h) * D + 2 * t4;
-#pragma unroll
-    for (int nd = 0; nd < ND; ++nd) {
-      *reinterpret_cast<uint32_t*>(dk + o + nd * 8) = M::pack(dkacc[nd][2 * r], dkacc[nd][2 * r + 1]);
-      *reinterpret_cast<uint32_t*>(dv + o + nd * 8) = M::pack(dvacc[nd][2 * r], dvacc[nd][2 * r + 1]);
-    }
-  }
+  bwd_store_keys<M, T, D>(dkacc, dvacc, dk, dv, key, b, h, H, L, t4);
 #else
   __trap();  // not an sm_90a build: cuda.cu never launches this
 #endif

@@ -515,6 +515,47 @@ struct BwdMmaSmem {
       sizeof(T) * ((2 + 2 * bwd_stages<D>()) * kTileElems + kMmaTile * kDsLd) + sizeof(float) * 2 * 2 * kMmaTile;
 };
 
+// One n-tile (queries nt * 8 .. + 7) of the backward's P^T and dS^T, in the accumulator layout of
+// mma.sync (and of wgmma, per warp): element e is key row e / 2 of this lane, query column
+// nt * 8 + 2 t4 + (e & 1). In place: st becomes P^T = exp2(S^T scale log2e - lse log2e) (0 where
+// hidden), dp becomes dS^T = P^T (dP^T - delta) scale; both are packed into the A fragments pp / dd
+// of k step nt / 2 (queries 16 (nt / 2) .. + 15) of the products that follow (see the forward).
+template <typename M>
+__device__ __forceinline__ void bwd_p_ds_tile(float (&st)[4], float (&dp)[4], int nt, int t4, float scale_log2,
+                                              float scale, const float* lse_b, const float* delta_b, bool partial,
+                                              const QueryTile& queries, const bool (&kvalid)[2],
+                                              const int64_t (&kord)[2], uint32_t (&pp)[4][4], uint32_t (&dd)[4][4]) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int c = nt * 8 + 2 * t4 + (e & 1);
+    float p = fast_exp2(st[e] * scale_log2 - lse_b[c]);
+    if (partial && !queries.sees(c, kvalid[e / 2], kord[e / 2])) p = 0.f;
+    st[e] = p;
+    dp[e] = softmax_grad(p, dp[e], delta_b[c]) * scale;
+  }
+  pp[nt / 2][(nt & 1) * 2] = M::pack(st[0], st[1]);
+  pp[nt / 2][(nt & 1) * 2 + 1] = M::pack(st[2], st[3]);
+  dd[nt / 2][(nt & 1) * 2] = M::pack(dp[0], dp[1]);
+  dd[nt / 2][(nt & 1) * 2 + 1] = M::pack(dp[2], dp[3]);
+}
+// Writes dK (dS was pre-scaled) and dV of this lane's key rows key[0], key[1] (pieces 2 t4, 2 t4 + 1
+// of every 8 columns).
+template <typename M, typename T, int D>
+__device__ __forceinline__ void bwd_store_keys(const float (&dkacc)[D / 8][4], const float (&dvacc)[D / 8][4],
+                                               T* dk, T* dv, const int64_t (&key)[2], int64_t b, int64_t h,
+                                               int64_t H, int64_t L, int t4) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key[r] >= L) continue;
+    const int64_t o = ((b * L + key[r]) * H + h) * D + 2 * t4;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) {
+      *reinterpret_cast<uint32_t*>(dk + o + nd * 8) = M::pack(dkacc[nd][2 * r], dkacc[nd][2 * r + 1]);
+      *reinterpret_cast<uint32_t*>(dv + o + nd * 8) = M::pack(dvacc[nd][2 * r], dvacc[nd][2 * r + 1]);
+    }
+  }
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, Rows<T> dO,
                                                                const float* __restrict__ lse,
@@ -650,23 +691,10 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
           M::mma(dpt[n + 1], va, bo[2], bo[3]);
         }
       }
-      // Element e of n-tile nt: key key[e / 2], query column nt * 8 + 2t + (e & 1).
 #pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        const int nt = half * 4 + n;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = nt * 8 + 2 * t4 + (e & 1);
-          float p = fast_exp2(st[n][e] * scale_log2 - lse_b[c]);
-          if (partial && !queries.sees(c, kvalid[e / 2], kord[e / 2])) p = 0.f;
-          st[n][e] = p;
-          dpt[n][e] = softmax_grad(p, dpt[n][e], delta_b[c]) * scale;
-        }
-        pp[nt / 2][(nt & 1) * 2] = M::pack(st[n][0], st[n][1]);
-        pp[nt / 2][(nt & 1) * 2 + 1] = M::pack(st[n][2], st[n][3]);
-        dd[nt / 2][(nt & 1) * 2] = M::pack(dpt[n][0], dpt[n][1]);
-        dd[nt / 2][(nt & 1) * 2 + 1] = M::pack(dpt[n][2], dpt[n][3]);
-      }
+      for (int n = 0; n < 4; ++n)
+        bwd_p_ds_tile<M>(st[n], dpt[n], half * 4 + n, t4, scale_log2, scale, lse_b, delta_b, partial, queries,
+                         kvalid, kord, pp, dd);
     }
     // dS^T to shared memory for the dQ product below: rows g and g + 8 of n-tile nt are
     // dd[nt / 2][(nt & 1) * 2] and dd[nt / 2][(nt & 1) * 2 + 1].
@@ -734,17 +762,7 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
     if constexpr (STAGES == 2) buf ^= 1;
   }
   cp_async_wait<0>();
-  // dK (dS was pre-scaled) and dV of this warp's keys.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (key[r] >= L) continue;
-    const int64_t o = ((b * L + key[r]) * H + h) * D + 2 * t4;
-#pragma unroll
-    for (int nd = 0; nd < ND; ++nd) {
-      *reinterpret_cast<uint32_t*>(dk + o + nd * 8) = M::pack(dkacc[nd][2 * r], dkacc[nd][2 * r + 1]);
-      *reinterpret_cast<uint32_t*>(dv + o + nd * 8) = M::pack(dvacc[nd][2 * r], dvacc[nd][2 * r + 1]);
-    }
-  }
+  bwd_store_keys<M, T, D>(dkacc, dvacc, dk, dv, key, b, h, H, L, t4);
 }
 
 // ===================================================================== plain FMA (fp32 / fp64)

@@ -59,149 +59,105 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* p, uint32_t lbo, uint
 template <typename T, int N>
 struct WgmmaRS;
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-template <>
-struct WgmmaRS<__nv_bfloat16, 32> {
-  template <bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[16], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-      "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"
-        : RADD_WG_D16(0)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
-  }
-};
-template <>
-struct WgmmaRS<__half, 32> {
-  template <bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[16], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-      "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"
-        : RADD_WG_D16(0)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
-  }
-};
-template <>
-struct WgmmaRS<__nv_bfloat16, 64> {
-  template <bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[32], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-        : RADD_WG_D32(0)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
-  }
-};
-template <>
-struct WgmmaRS<__half, 64> {
-  template <bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[32], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-        : RADD_WG_D32(0)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
-  }
-};
-template <>
-struct WgmmaRS<__nv_bfloat16, 128> {
-  template <bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[64], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
-        : RADD_WG_D32(0), RADD_WG_D32(32)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
-  }
-};
-template <>
-struct WgmmaRS<__half, 128> {
-  template <bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[64], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
-        : RADD_WG_D32(0), RADD_WG_D32(32)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B)));
-  }
-};
+// One specialisation per shape and input type (TY: the PTX type, bf16 or f16); the operand lists
+// differ only in the number of accumulators.
+#define RADD_WGMMA_RS_32(T, TY)                                                                         \
+  template <>                                                                                          \
+  struct WgmmaRS<T, 32> {                                                                              \
+    template <bool TRANS_B>                                                                            \
+    __device__ __forceinline__ static void run(float (&d)[16], const uint32_t (&a)[4], uint64_t b_desc,  \
+                                               bool scale_d) {                                          \
+      asm volatile(                                                                                    \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                              \
+          "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " "                                   \
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "  \
+          "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"                                \
+          : RADD_WG_D16(0)                                                                              \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B))); \
+    }                                                                                                  \
+  };
+#define RADD_WGMMA_RS_64(T, TY)                                                                         \
+  template <>                                                                                          \
+  struct WgmmaRS<T, 64> {                                                                              \
+    template <bool TRANS_B>                                                                            \
+    __device__ __forceinline__ static void run(float (&d)[32], const uint32_t (&a)[4], uint64_t b_desc,  \
+                                               bool scale_d) {                                          \
+      asm volatile(                                                                                    \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                              \
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                   \
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
+          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "  \
+          "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                                \
+          : RADD_WG_D32(0)                                                                              \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B))); \
+    }                                                                                                  \
+  };
+#define RADD_WGMMA_RS_128(T, TY)                                                                         \
+  template <>                                                                                          \
+  struct WgmmaRS<T, 128> {                                                                              \
+    template <bool TRANS_B>                                                                            \
+    __device__ __forceinline__ static void run(float (&d)[64], const uint32_t (&a)[4], uint64_t b_desc,  \
+                                               bool scale_d) {                                          \
+      asm volatile(                                                                                    \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                              \
+          "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                                   \
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
+          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "\
+          "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "\
+          "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "  \
+          "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"                                \
+          : RADD_WG_D32(0), RADD_WG_D32(32)                                                                              \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_B))); \
+    }                                                                                                  \
+  };
+RADD_WGMMA_RS_32(__nv_bfloat16, "bf16")
+RADD_WGMMA_RS_32(__half, "f16")
+RADD_WGMMA_RS_64(__nv_bfloat16, "bf16")
+RADD_WGMMA_RS_64(__half, "f16")
+RADD_WGMMA_RS_128(__nv_bfloat16, "bf16")
+RADD_WGMMA_RS_128(__half, "f16")
+
 // D (64 x N, fp32) = A (64 x 16) B (16 x N), both from shared memory, + (scale_d ? D : 0).
 template <typename T, int N>
 struct WgmmaSS;
-template <>
-struct WgmmaSS<__nv_bfloat16, 32> {
-  template <bool TRANS_A, bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[16], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-      "%16, %17, p, 1, 1, %19, %20;\n}\n"
-        : RADD_WG_D16(0)
-        : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));
-  }
-};
-template <>
-struct WgmmaSS<__half, 32> {
-  template <bool TRANS_A, bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[16], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-      "%16, %17, p, 1, 1, %19, %20;\n}\n"
-        : RADD_WG_D16(0)
-        : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));
-  }
-};
-template <>
-struct WgmmaSS<__nv_bfloat16, 64> {
-  template <bool TRANS_A, bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[32], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "%32, %33, p, 1, 1, %35, %36;\n}\n"
-        : RADD_WG_D32(0)
-        : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));
-  }
-};
-template <>
-struct WgmmaSS<__half, 64> {
-  template <bool TRANS_A, bool TRANS_B>
-  __device__ __forceinline__ static void run(float (&d)[32], uint64_t a_desc, uint64_t b_desc, bool scale_d) {
-    asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "%32, %33, p, 1, 1, %35, %36;\n}\n"
-        : RADD_WG_D32(0)
-        : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));
-  }
-};
+#define RADD_WGMMA_SS_32(T, TY)                                                                         \
+  template <>                                                                                          \
+  struct WgmmaSS<T, 32> {                                                                              \
+    template <bool TRANS_A, bool TRANS_B>                                                              \
+    __device__ __forceinline__ static void run(float (&d)[16], uint64_t a_desc, uint64_t b_desc, bool scale_d) { \
+      asm volatile(                                                                                    \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"                                              \
+          "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " "                                   \
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "  \
+          "%16, %17, p, 1, 1, %19, %20;\n}\n"                                                  \
+          : RADD_WG_D16(0)                                                                              \
+          : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));        \
+    }                                                                                                  \
+  };
+#define RADD_WGMMA_SS_64(T, TY)                                                                         \
+  template <>                                                                                          \
+  struct WgmmaSS<T, 64> {                                                                              \
+    template <bool TRANS_A, bool TRANS_B>                                                              \
+    __device__ __forceinline__ static void run(float (&d)[32], uint64_t a_desc, uint64_t b_desc, bool scale_d) { \
+      asm volatile(                                                                                    \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                              \
+          "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                   \
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
+          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "  \
+          "%32, %33, p, 1, 1, %35, %36;\n}\n"                                                  \
+          : RADD_WG_D32(0)                                                                              \
+          : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));        \
+    }                                                                                                  \
+  };
+RADD_WGMMA_SS_32(__nv_bfloat16, "bf16")
+RADD_WGMMA_SS_32(__half, "f16")
+RADD_WGMMA_SS_64(__nv_bfloat16, "bf16")
+RADD_WGMMA_SS_64(__half, "f16")
+#undef RADD_WGMMA_RS_32
+#undef RADD_WGMMA_RS_64
+#undef RADD_WGMMA_RS_128
+#undef RADD_WGMMA_SS_32
+#undef RADD_WGMMA_SS_64
 #else
 template <typename T, int N>
 struct WgmmaSS {
