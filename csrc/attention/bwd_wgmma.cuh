@@ -12,6 +12,8 @@
 //   dK (64 x D) += dS^T Q                   A = dS^T registers, B = Q tile (MN-major)
 //   dQ (64 queries x D) = dS K              A = dS^T in shared memory read transposed (MN-major),
 //                                           B = K tile (MN-major); fp32 atomics into dq_acc
+// dS^T is stored before dV's product is issued, so that the dV, dK and dQ chains follow one another
+// on the tensor cores with one wait for all three.
 // Query tiles (Q, dO, lse, delta) are double-buffered by cp.async; tile skipping and the
 // per-element mask of partial tiles are the mma.sync kernel's.
 //
@@ -33,8 +35,7 @@ struct BwdWgmmaSmem {
 // Blocks per SM that the register budget is held to. Three at head_dim <= 64: a warpgroup runs its
 // products, its softmax-gradient math and its dQ atomics one after another, and a third block keeps
 // the tensor cores busier while the others are in the latter two. ptxas (CUDA 13, sm_90a) then
-// gives 168 registers at head_dim 64 with 20 bytes spilled (202 and none when left free, two
-// blocks per SM); head_dim 128 needs 251 registers: two blocks.
+// gives 162 registers at head_dim 64 and 148 at 32, no spills; head_dim 128 needs 236: two blocks.
 template <int D>
 constexpr int bwd_wgmma_min_blocks() {
   return D <= 64 ? 3 : 2;
@@ -74,10 +75,11 @@ __global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wg
   const int64_t k0 = kt * kMmaTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 
+  const CoreTileLoader<T, D, kMmaThreads> q_rows(Q, b, h), do_rows(dO, b, h);
   auto load_q_tile = [&](int64_t qt, int sbuf) {
     const int64_t q0 = qt * kMmaTile;
-    load_core_tile_async<T, D, kMmaThreads>(Qs + sbuf * S::kTileElems, Q, b, q0, h, L);
-    load_core_tile_async<T, D, kMmaThreads>(dOs + sbuf * S::kTileElems, dO, b, q0, h, L);
+    q_rows.load(Qs + sbuf * S::kTileElems, q0, L);
+    do_rows.load(dOs + sbuf * S::kTileElems, q0, L);
     for (int i = threadIdx.x; i < kMmaTile; i += kMmaThreads) {  // plain loads: tiny
       const int64_t r = q0 + i;
       const float x = r < L ? lse[(b * H + h) * L + r] : neg_inf<float>();
@@ -86,8 +88,8 @@ __global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wg
     }
   };
 
-  load_core_tile_async<T, D, kMmaThreads>(Ks, K, b, k0, h, L);
-  load_core_tile_async<T, D, kMmaThreads>(Vs, V, b, k0, h, L);
+  CoreTileLoader<T, D, kMmaThreads>(K, b, h).load(Ks, k0, L);
+  CoreTileLoader<T, D, kMmaThreads>(V, b, h).load(Vs, k0, L);
   int64_t qt = next_query_tile(mp, b, kt, 0, n_t, kMmaTile);
   if (qt < n_t) load_q_tile(qt, 0);
   cp_async_commit();
@@ -156,8 +158,12 @@ __global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wg
       *reinterpret_cast<uint32_t*>(d0) = dd[nt / 2][(nt & 1) * 2];
       *reinterpret_cast<uint32_t*>(d0 + 8 * kMmaTile) = dd[nt / 2][(nt & 1) * 2 + 1];
     }
+    gpu::fence_proxy_async_smem();  // the dS^T stores (generic proxy) before wgmma reads them
+    __syncthreads();                // all of dS^T is written
     // dV += P^T dO and dK += dS^T Q: B (k = query, n = d) is the dO / Q tile read MN-major; k step
-    // kk = queries 16 kk..16 kk + 15 (two row groups of the tile).
+    // kk = queries 16 kk..16 kk + 15 (two row groups of the tile). Not waited for here: dQ's chain
+    // below queues behind them on the tensor cores with no drain in between, and its first wait
+    // covers them (P^T / dS^T's registers stay untouched until then).
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(dk_flat[i]), wgmma_fence_operand(dv_flat[i]);
     wgmma_fence();
@@ -168,11 +174,6 @@ __global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wg
     for (int kk = 0; kk < 4; ++kk)
       gpu::wgmma_rs<T, D, true>(dk_flat, dd[kk], wgmma_desc(Qb + kk * 16 * D, kGroup, kCore), true);
     wgmma_commit();
-    // Waiting here frees P^T / dS^T's registers before dQ's accumulators go live (the dQ chain
-    // would queue behind these products on the tensor cores anyway).
-    wgmma_wait<0>();
-    gpu::fence_proxy_async_smem();  // the dS^T stores (generic proxy) before wgmma reads them
-    __syncthreads();                // all of dS^T is written
     // dQ (64 queries x D) += dS K in column chunks of kDqN: A (m = query, k = key) is dS^T read
     // MN-major; B (k = key, n = d) the K tile read MN-major. Warp w gets queries 16 w..16 w + 15.
     const int64_t qrow[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};

@@ -7,12 +7,16 @@
 //
 // CTA = (b, h, 64 G queries), G warpgroups of 64 query rows (warp w owns rows 16 w..16 w+15, as in
 // the mma.sync kernel with 16 rows per warp, because wgmma's accumulator layout per warp is
-// mma.sync's). Key tiles of 64 keys, double-buffered by cp.async and shared by the warpgroups:
-//   S (64 x 64 per warpgroup) = Q K^T: wgmma m64n64k16, A = Q from registers (loaded once by
-//     ldmatrix), B = the K tile (N = key, K = d: "K-major").
-//   online softmax on the registers (fwd_softmax_tile, shared with the mma.sync kernel).
+// mma.sync's). Key tiles of 64 keys, loaded by cp.async into two slots each for K and V and
+// shared by the warpgroups:
+//   S (64 x 64 per warpgroup) = Q K^T: wgmma m64n64k16, A = the warpgroup's Q rows, B = the K
+//     tile (N = key, K = d: "K-major"), both from shared memory (Q there rather than in
+//     registers leaves room for the pipeline's second set of scores).
+//   online softmax on the registers (fwd_softmax_stats, shared with the mma.sync kernel).
 //   O (64 x D) += P V: wgmma m64nDk16, A = P from registers (its accumulator layout is the A
 //     fragment's), B = the V tile (N = d, K = key: "MN-major", the instruction's transpose flag).
+// The two products are pipelined across tiles: the next tile's S is issued with this tile's P V,
+// so the softmax (at head_dim 64 as many cycles of exp2 as of tensor-core work) overlaps P V.
 // K and V tiles sit in shared memory in the no-swizzle core-matrix layout: 8 x 8 blocks of 128
 // contiguous bytes, element (key, d) at 8 D (key / 8) + 64 (d / 8) + 8 (key % 8) + d % 8 -- one
 // layout serves both products (K-major for K, MN-major for V). The tile skipping is the mma.sync
@@ -31,12 +35,14 @@
 
 namespace radd_fast::attention::cuda {
 
-// Warpgroups per CTA, G. The two warpgroups of a CTA share each K / V tile (half the loads per
-// query) but meet at a barrier per tile, so they run their products and their softmax in step;
-// overlap of one warpgroup's softmax with another's products then comes from a second CTA on the
-// SM. ptxas (CUDA 13, sm_90a) gives 120 registers at head_dim 64 (two 256-thread CTAs fit an SM's
-// 64 K registers) but 202 at head_dim 128, where one 256-thread CTA would fill the SM alone: there
-// G = 1, two independent 128-thread CTAs per SM.
+// Warpgroups per CTA, G. The two warpgroups of a CTA share each K / V tile -- half the L2 reads
+// per query: at B 16, heads 12, L 1,024, head_dim 64 one warpgroup per CTA would read ~0.8 GB of
+// K / V per forward, ~6 TB/s at the 400 TFLOP/s target, at the limit of an H100-class L2 -- but
+// meet at a barrier per tile. Two 256-thread CTAs per SM need <= 128 registers per thread: at
+// head_dim <= 64 the kernel is held to that (ptxas, CUDA 13, sm_90a: 138 when free at head_dim
+// 64, 128 with 56 bytes spilled, a few local loads per tile; 120 at head_dim 32). At head_dim 128
+// (182 registers) one 256-thread CTA would fill the SM alone: there G = 1, two 128-thread CTAs
+// per SM (shared memory, 80 KB each, allows no third).
 template <int D>
 constexpr int fwd_wgmma_groups() {
   return D >= 128 ? 1 : 2;
@@ -52,29 +58,47 @@ constexpr int fwd_wgmma_queries() {  // queries per CTA
 
 template <typename T, int D>
 struct FwdWgmmaSmem {
-  static constexpr int kQElems = fwd_wgmma_queries<D>() * smem_ld<D>();     // padded rows, for ldmatrix
+  static constexpr int kQElems = fwd_wgmma_queries<D>() * D;                // core-matrix layout
   static constexpr int kTileElems = kMmaTile * D;                           // core-matrix layout
   static constexpr size_t kBytes = sizeof(T) * (kQElems + 4 * kTileElems);  // Q, K x 2, V x 2
 };
 
-// Rows [row0, row0 + 64) of one head into a tile in the core-matrix layout (zeros past L), by a
-// block of THREADS threads. Eight consecutive threads fill one 128-byte core matrix
-// (conflict-free) from 8 rows' 16-byte pieces.
+// One thread's share of copying rows [row0, row0 + 64) of one head into a tile in the core-matrix
+// layout (zeros past L), for a block of THREADS threads. Eight consecutive threads fill one
+// 128-byte core matrix (conflict-free) from 8 rows' 16-byte pieces; a thread's row, column piece
+// and place in the tile are the same for every tile, so it keeps only those, the head's base and
+// the row stride: loaded every key tile inside the pipelined loops, the general Rows addressing
+// kept ~35 more registers live there (ptxas, sm_90a, head_dim 64).
 template <typename T, int D, int THREADS>
-__device__ __forceinline__ void load_core_tile_async(T* smem, const Rows<T>& src, int64_t b, int64_t row0, int64_t h,
-                                                     int64_t L) {
-  constexpr int kChunks = D / 8;
-  for (int i = threadIdx.x; i < kMmaTile * kChunks; i += THREADS) {
-    const int r8 = i % 8, c = (i / 8) % kChunks, rg = i / (8 * kChunks), r = 8 * rg + r8;
-    const bool ok = row0 + r < L;
-    cp_async_16(smem + rg * 8 * D + c * 64 + r8 * 8, src.row(b, ok ? row0 + r : row0, h) + c * 8, ok);
+struct CoreTileLoader {
+  static constexpr int kChunks = D / 8, kIters = kMmaTile * kChunks / THREADS, kRowStep = THREADS / kChunks;
+  static_assert(THREADS % (8 * kChunks) == 0 && kIters * THREADS == kMmaTile * kChunks, "tile / thread mismatch");
+  const T* head;  // row 0 of (b, h), this thread's 8 columns
+  int64_t ld;     // elements between rows
+  int row, dst;   // this thread's first row in a tile and its element offset there
+
+  __device__ __forceinline__ CoreTileLoader(const Rows<T>& src, int64_t b, int64_t h) {
+    const int i = threadIdx.x, r8 = i % 8, c = (i / 8) % kChunks, rg = i / (8 * kChunks);
+    head = src.p + b * src.sb + h * src.sh + c * 8;
+    ld = src.sl;
+    row = 8 * rg + r8;
+    dst = rg * 8 * D + c * 64 + r8 * 8;
   }
-}
+  __device__ __forceinline__ void load(T* smem, int64_t row0, int64_t L) const {
+    const T* first = head + row0 * ld;  // row0 < L: a valid address for the copies past L
+#pragma unroll
+    for (int j = 0; j < kIters; ++j) {
+      const int r = row + j * kRowStep;
+      const bool ok = row0 + r < L;
+      cp_async_16(smem + dst + j * kRowStep * D, ok ? first + r * ld : first, ok);
+    }
+  }
+};
 
 template <typename T, int D>
-__global__ void __launch_bounds__(fwd_wgmma_threads<D>()) fwd_wgmma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V,
-                                                                   T* __restrict__ out, float* __restrict__ lse,
-                                                                   MaskParams mp, int64_t H, float scale_log2) {
+__global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V,
+                                                                      T* __restrict__ out, float* __restrict__ lse,
+                                                                      MaskParams mp, int64_t H, float scale_log2) {
 #if defined(RADD_GEMM_HOST_EMULATION) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using M = MmaType<T>;
   using S = FwdWgmmaSmem<T, D>;
@@ -83,101 +107,164 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>()) fwd_wgmma_kernel(Rows<
   using gpu::wgmma_fence;
   using gpu::wgmma_fence_operand;
   using gpu::wgmma_wait;
-  constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8, G = fwd_wgmma_groups<D>();
+  constexpr int KS = D / 16, ND = D / 8, G = fwd_wgmma_groups<D>();
   constexpr int THREADS = fwd_wgmma_threads<D>(), QROWS = fwd_wgmma_queries<D>();
   // Descriptor strides in bytes: along d one core matrix (128 B), along keys 8 rows of D (16 D B).
   constexpr uint32_t kCoreBytes = 128, kKeyGroupBytes = 16 * D;
   RADD_DYNAMIC_SMEM(smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
-  T* Ks = Qs + S::kQElems;  // two buffers
+  T* Ks = Qs + S::kQElems;  // two slots
   T* Vs = Ks + 2 * S::kTileElems;
 
-  const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile, n_q = (L + QROWS - 1) / QROWS;
+  // Tile indices in 32 bits (the host holds B L heads below 2^31): they live through the loop.
+  const int64_t L = mp.L, n_q = (L + QROWS - 1) / QROWS;
+  const int n_t = int((L + kMmaTile - 1) / kMmaTile);
   const int64_t qb = blockIdx.x % n_q, bh = blockIdx.x / n_q, b = bh / H, h = bh % H;
   const int64_t q0 = qb * QROWS;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int wrow = warp * 16;                                        // the warp's first row
-  const int64_t qt_lo = q0 / kMmaTile, qt_hi = min(qt_lo + G, n_t);  // the CTA's stats tiles
-  const int64_t qt_w = qt_lo + warp / 4;                             // the warpgroup's
+  const int qt_lo = int(q0 / kMmaTile), qt_hi = min(qt_lo + G, n_t);  // the CTA's stats tiles
+  const int qt_w = qt_lo + warp / 4;                                  // the warpgroup's
   const bool group_live = qt_w < n_t;
+  const int64_t row0 = q0 + wrow + g;
 
-  load_tile_async<T, D, QROWS, THREADS>(Qs, Q, b, q0, h, L);
+  // The key tiles some warpgroup of the CTA sees, in order: t0 is the p-th, t1..t3 the next three
+  // (n_t past the end). The p-th tile's K and V live in slot p % 2.
+  auto after = [&](int kt) {
+    return kt < n_t ? int(next_key_tile_any(mp, b, qt_lo, qt_hi, kt + 1, n_t, kMmaTile)) : n_t;
+  };
+  auto vis_of = [&](int kt) {  // warpgroup-uniform
+    return group_live && kt < n_t ? tile_visibility(mp, b, qt_w, kt, kMmaTile) : int(kTileHidden);
+  };
+  const CoreTileLoader<T, D, THREADS> k_rows(K, b, h), v_rows(V, b, h);
+  auto load_k = [&](int kt, int slot) {
+    if (kt < n_t) k_rows.load(Ks + slot * S::kTileElems, int64_t(kt) * kMmaTile, L);
+  };
+  auto load_v = [&](int kt, int slot) {
+    if (kt < n_t) v_rows.load(Vs + slot * S::kTileElems, int64_t(kt) * kMmaTile, L);
+  };
+  // S (this warpgroup's 64 x 64 scores) = Q K^T, issued and committed; k step ks reads d columns
+  // 16 ks..16 ks + 15: two core matrices further along d.
+  float s[8][4];
+  float(&s_flat)[32] = reinterpret_cast<float(&)[32]>(s);
+  // Descriptors of slot 0 (and of the warpgroup's Q rows); a slot or k step further is an offset
+  // of the start address, which sits in the low bits in 16-byte units. Deriving them by one add
+  // keeps ptxas from holding a descriptor per slot and k step live through the loop.
+  constexpr uint32_t kSlotUnits = S::kTileElems * sizeof(T) / 16;
+  const uint64_t q_desc = wgmma_desc(Qs + (warp / 4) * kMmaTile * D, kCoreBytes, kKeyGroupBytes);
+  const uint64_t k_desc = wgmma_desc(Ks, kCoreBytes, kKeyGroupBytes);
+  const uint64_t v_desc = wgmma_desc(Vs, kKeyGroupBytes, kCoreBytes);
+  auto issue_s = [&](int slot) {
+    const uint64_t kd = k_desc + slot * kSlotUnits;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks)  // two core matrices (256 B) further along d per k step
+      gpu::wgmma_ss<T, 64, false, false>(s_flat, q_desc + ks * 16, kd + ks * 16, ks > 0);
+    wgmma_commit();
+  };
+
+  int t0 = int(next_key_tile_any(mp, b, qt_lo, qt_hi, 0, n_t, kMmaTile)), t1 = after(t0), t2 = after(t1);
+#pragma unroll
+  for (int w = 0; w < G; ++w) CoreTileLoader<T, D, THREADS>(Q, b, h).load(Qs + w * kMmaTile * D, q0 + w * kMmaTile, L);
+  load_k(t0, 0);
+  load_v(t0, 0);
+  load_k(t1, 1);
   cp_async_commit();
-  int64_t kt = next_key_tile_any(mp, b, qt_lo, qt_hi, 0, n_t, kMmaTile);
-  if (kt < n_t) {
-    load_core_tile_async<T, D, THREADS>(Ks, K, b, kt * kMmaTile, h, L);
-    load_core_tile_async<T, D, THREADS>(Vs, V, b, kt * kMmaTile, h, L);
-  }
-  cp_async_commit();
-  cp_async_wait<1>();  // Q has landed
+  cp_async_wait<0>();
+  // cp.async writes through the generic proxy, wgmma reads through the async proxy: make the
+  // writes visible to it before the barrier that publishes them.
+  gpu::fence_proxy_async_smem();
   __syncthreads();
 
-  // The warp's Q rows as wgmma A fragments (mma.sync's A layout), k step ks = d columns 16 ks..+15.
-  uint32_t qf[KS][4];
-  const T* qa_ptr = Qs + (wrow + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
-#pragma unroll
-  for (int ks = 0; ks < KS; ++ks) ldmatrix_x4(qf[ks], qa_ptr + ks * 16);
-
-  float m[2] = {neg_inf<float>(), neg_inf<float>()}, l[2] = {0.f, 0.f}, o[ND][4];
+  float m[2] = {neg_inf<float>(), neg_inf<float>()}, l[2] = {0.f, 0.f}, alpha[2], o[ND][4];
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
   float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+  uint32_t pa[4][4];  // P of tile t0 as the A fragments of P V's k steps (keys 16 kk..16 kk + 15)
 
-  int buf = 0;
-  while (kt < n_t) {
-    const int64_t nxt = next_key_tile_any(mp, b, qt_lo, qt_hi, kt + 1, n_t, kMmaTile);
-    if (nxt < n_t) {  // prefetch the next needed tile into the other buffer
-      load_core_tile_async<T, D, THREADS>(Ks + (buf ^ 1) * S::kTileElems, K, b, nxt * kMmaTile, h, L);
-      load_core_tile_async<T, D, THREADS>(Vs + (buf ^ 1) * S::kTileElems, V, b, nxt * kMmaTile, h, L);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();  // the current tile has landed
-    // cp.async writes through the generic proxy, wgmma reads through the async proxy: make the
-    // writes visible to it before the barrier that publishes the tile.
+  // S of tile kt to P in pa. A tile hidden from this warpgroup (but not from the other) is computed
+  // like any other and its scores dropped: wgmma under a branch that is not provably
+  // warpgroup-uniform is serialised by ptxas (C7518), which would cost more than the one extra
+  // tile such a warpgroup computes.
+  auto softmax_to_p = [&](int kt) {
+    const int vis = vis_of(kt);
+    if (vis == kTileHidden)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) s_flat[i] = neg_inf<float>();
+    fwd_softmax_stats(s, m, l, alpha, scale_log2, vis == kTilePartial, mp, b, int64_t(kt) * kMmaTile, row0, t4);
+  };
+  auto issue_pv = [&](int slot) {  // O += P V; k step kk = keys 16 kk..+15; V read MN-major
+    const uint64_t vd = v_desc + slot * kSlotUnits;
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(o_flat[i]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)  // two key groups (32 D B) further per k step
+      gpu::wgmma_rs<T, D, true>(o_flat, pa[kk], vd + kk * (2 * D), true);
+    wgmma_commit();
+  };
+  auto wait_s = [&] {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
+  };
+  auto wait_o = [&] {
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(o_flat[i]);
+  };
+
+  if (t0 < n_t) {  // prologue: S and P of the first tile (no alpha to apply: O is zero)
+    issue_s(0);
+    wgmma_wait<0>();
+    wait_s();
+    softmax_to_p(t0);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) pack_p_fragment<M>(s, kk, pa[kk]);
+  }
+  __syncthreads();  // K slot 0 is free
+  load_k(t2, 0);
+  load_v(t1, 1);
+  cp_async_commit();
+
+  // Step p, for the p-th tile t0 (its P in pa) and the next, t1: S1 = Q K(t1)^T and O += P V(t0)
+  // are issued back to back; the softmax of S1 runs while P V is still on the tensor cores, and
+  // only the rescaling of O waits for it (FlashAttention-3's intra-warpgroup overlap). K runs two
+  // tiles ahead and V one: at the end of step p, K(t1)'s and V(t0)'s slots are free and take
+  // K(t3) and V(t2), which step p + 2 reads -- so the wait at the top of a step leaves the last
+  // step's copies in flight.
+  int p = 0;
+  for (; t1 < n_t; ++p) {
+    cp_async_wait<1>();  // K(t1), V(t0)
     gpu::fence_proxy_async_smem();
     __syncthreads();
-    const T* Kb = Ks + buf * S::kTileElems;
-    const T* Vb = Vs + buf * S::kTileElems;
-    const int64_t k0 = kt * kMmaTile;
-    const int vis = group_live ? tile_visibility(mp, b, qt_w, kt, kMmaTile) : int(kTileHidden);
-    if (vis != kTileHidden) {  // warpgroup-uniform
-      float s[8][4];
-      float(&s_flat)[32] = reinterpret_cast<float(&)[32]>(s);
+    issue_s((p + 1) & 1);
+    issue_pv(p & 1);
+    wgmma_wait<1>();  // S1 (committed first) is done; P V may still run
+    wait_s();
+    softmax_to_p(t1);
+    wgmma_wait<0>();  // P V is done: O and pa may be touched again
+    wait_o();
+    fwd_rescale_output<ND>(o, alpha);
 #pragma unroll
-      for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
-      wgmma_fence();
-      // k step ks reads d columns 16 ks..16 ks + 15: two core matrices further along d.
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-        gpu::wgmma_rs<T, 64, false>(s_flat, qf[ks], wgmma_desc(Kb + ks * 128, kCoreBytes, kKeyGroupBytes), ks > 0);
-      wgmma_commit();
-      wgmma_wait<0>();
-#pragma unroll
-      for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
-
-      fwd_softmax_tile<ND>(s, m, l, o, scale_log2, vis == kTilePartial, mp, b, k0, q0 + wrow + g, t4);
-
-      // O += P V; k step kk = keys 16 kk..16 kk + 15, two key groups further.
-      uint32_t pa[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) pack_p_fragment<M>(s, kk, pa[kk]);
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(o_flat[i]);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        gpu::wgmma_rs<T, D, true>(o_flat, pa[kk], wgmma_desc(Vb + kk * 16 * D, kKeyGroupBytes, kCoreBytes), true);
-      wgmma_commit();
-      wgmma_wait<0>();
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(o_flat[i]);
-    }
-    __syncthreads();  // everyone is done with buffer `buf` before it is refilled
-    kt = nxt;
-    buf ^= 1;
+    for (int kk = 0; kk < 4; ++kk) pack_p_fragment<M>(s, kk, pa[kk]);
+    const int t3 = after(t2);
+    __syncthreads();  // every warpgroup is done with K(t1) and V(t0)
+    load_k(t3, (p + 1) & 1);
+    load_v(t2, p & 1);
+    cp_async_commit();
+    t0 = t1, t1 = t2, t2 = t3;
+  }
+  if (t0 < n_t) {  // the last tile's P V
+    cp_async_wait<0>();
+    gpu::fence_proxy_async_smem();
+    __syncthreads();
+    issue_pv(p & 1);
+    wgmma_wait<0>();
+    wait_o();
   }
   cp_async_wait<0>();
-  fwd_store_rows<M, T, D>(m, l, o, out, lse, b, h, H, L, q0 + wrow + g, t4);
+  fwd_store_rows<M, T, D>(m, l, o, out, lse, b, h, H, L, row0, t4);
 #else
   __trap();  // not an sm_90a build: cuda.cu never launches this
 #endif

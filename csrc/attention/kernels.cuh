@@ -284,12 +284,13 @@ __device__ __forceinline__ int64_t next_key_tile_any(const MaskParams& mp, int64
 // forward kernels, whose accumulator layouts agree): s holds this lane's scores of rows `row0`
 // (r = 0) and row0 + 8 (r = 1) against keys 8 nt + 2 t4 + {0, 1}; they are scaled to the base-2
 // domain, masked to -inf where `partial` and the key is hidden, and replaced by exp2(s - m); the
-// running max m, this lane's partial sums l and the output o are rescaled. The 4 lanes of a quad
+// running max m and this lane's partial sums l are updated, and alpha is the factor that the
+// output accumulated so far must be rescaled by (fwd_rescale_output) -- kept apart so that a
+// kernel can compute it while the previous tile's P V is still in flight. The 4 lanes of a quad
 // share a row.
-template <int ND>
-__device__ __forceinline__ void fwd_softmax_tile(float (&s)[8][4], float (&m)[2], float (&l)[2], float (&o)[ND][4],
-                                                 float scale_log2, bool partial, const MaskParams& mp, int64_t b,
-                                                 int64_t k0, int64_t row0, int t4) {
+__device__ __forceinline__ void fwd_softmax_stats(float (&s)[8][4], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                  float scale_log2, bool partial, const MaskParams& mp, int64_t b,
+                                                  int64_t k0, int64_t row0, int t4) {
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -303,7 +304,7 @@ __device__ __forceinline__ void fwd_softmax_tile(float (&s)[8][4], float (&m)[2]
       for (int e = 0; e < 4; ++e)
         if (!keys.visible(nt * 8 + 2 * t4 + (e & 1), oq[e / 2])) s[nt][e] = neg_inf<float>();
   }
-  float alpha[2], off[2];
+  float off[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = neg_inf<float>();
@@ -316,17 +317,30 @@ __device__ __forceinline__ void fwd_softmax_tile(float (&s)[8][4], float (&m)[2]
     l[r] *= alpha[r];  // per-lane partial sums; the quad's are added at the end
   }
 #pragma unroll
-  for (int nd = 0; nd < ND; ++nd) {
-    o[nd][0] *= alpha[0], o[nd][1] *= alpha[0];
-    o[nd][2] *= alpha[1], o[nd][3] *= alpha[1];
-  }
-#pragma unroll
   for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       s[nt][e] = fast_exp2(s[nt][e] - off[e / 2]);
       l[e / 2] += s[nt][e];
     }
+}
+// o (rows row0, row0 + 8 of an m-tile, mma.sync's C layout) *= alpha of its row.
+template <int ND>
+__device__ __forceinline__ void fwd_rescale_output(float (&o)[ND][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) {
+    o[nd][0] *= alpha[0], o[nd][1] *= alpha[0];
+    o[nd][2] *= alpha[1], o[nd][3] *= alpha[1];
+  }
+}
+// Both of the above, for a kernel whose P V of the previous tile has completed.
+template <int ND>
+__device__ __forceinline__ void fwd_softmax_tile(float (&s)[8][4], float (&m)[2], float (&l)[2], float (&o)[ND][4],
+                                                 float scale_log2, bool partial, const MaskParams& mp, int64_t b,
+                                                 int64_t k0, int64_t row0, int t4) {
+  float alpha[2];
+  fwd_softmax_stats(s, m, l, alpha, scale_log2, partial, mp, b, k0, row0, t4);
+  fwd_rescale_output<ND>(o, alpha);
 }
 // P's C fragments of n-tiles 2 kk, 2 kk + 1 (keys 16 kk .. 16 kk + 15) are exactly the A fragment of
 // k step kk of P V, in the input type.
