@@ -143,9 +143,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   auto load_v = [&](int kt, int slot) {
     if (kt < n_t) v_rows.load(Vs + slot * S::kTileElems, int64_t(kt) * kMmaTile, L);
   };
-  // S (this warpgroup's 64 x 64 scores) = Q K^T, issued and committed; k step ks reads d columns
-  // 16 ks..16 ks + 15: two core matrices further along d.
-  float s[8][4];
+  float s[8][4];  // this warpgroup's 64 x 64 scores, mma.sync's C layout per warp
   float(&s_flat)[32] = reinterpret_cast<float(&)[32]>(s);
   // Descriptors of slot 0 (and of the warpgroup's Q rows); a slot or k step further is an offset
   // of the start address, which sits in the low bits in 16-byte units. Deriving them by one add
@@ -154,7 +152,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   const uint64_t q_desc = wgmma_desc(Qs + (warp / 4) * kMmaTile * D, kCoreBytes, kKeyGroupBytes);
   const uint64_t k_desc = wgmma_desc(Ks, kCoreBytes, kKeyGroupBytes);
   const uint64_t v_desc = wgmma_desc(Vs, kKeyGroupBytes, kCoreBytes);
-  auto issue_s = [&](int slot) {
+  auto issue_s = [&](int slot) {  // S = Q K(slot)^T, issued and committed
     const uint64_t kd = k_desc + slot * kSlotUnits;
 #pragma unroll
     for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
@@ -205,11 +203,12 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
       gpu::wgmma_rs<T, D, true>(o_flat, pa[kk], vd + kk * (2 * D), true);
     wgmma_commit();
   };
-  auto wait_s = [&] {
+  // After a wait: keep the compiler from moving uses of those accumulators above it.
+  auto fence_s = [&] {
 #pragma unroll
     for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
   };
-  auto wait_o = [&] {
+  auto fence_o = [&] {
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(o_flat[i]);
   };
@@ -217,7 +216,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   if (t0 < n_t) {  // prologue: S and P of the first tile (no alpha to apply: O is zero)
     issue_s(0);
     wgmma_wait<0>();
-    wait_s();
+    fence_s();
     softmax_to_p(t0);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) pack_p_fragment<M>(s, kk, pa[kk]);
@@ -241,10 +240,10 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
     issue_s((p + 1) & 1);
     issue_pv(p & 1);
     wgmma_wait<1>();  // S1 (committed first) is done; P V may still run
-    wait_s();
+    fence_s();
     softmax_to_p(t1);
     wgmma_wait<0>();  // P V is done: O and pa may be touched again
-    wait_o();
+    fence_o();
     fwd_rescale_output<ND>(o, alpha);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) pack_p_fragment<M>(s, kk, pa[kk]);
@@ -261,7 +260,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
     __syncthreads();
     issue_pv(p & 1);
     wgmma_wait<0>();
-    wait_o();
+    fence_o();
   }
   cp_async_wait<0>();
   fwd_store_rows<M, T, D>(m, l, o, out, lse, b, h, H, L, row0, t4);
