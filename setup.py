@@ -179,7 +179,8 @@ def make_extension():
             arch_list = None if torch.cuda.is_available() else "8.0;9.0a"
             if arch_list:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
-        srcs += sources("csrc/**/cuda_*.cpp") + sources("csrc/**/*.cu")
+        srcs += sources("csrc/**/cuda_*.cpp") + [  # csrc/tests: standalone programs, not the extension
+            s for s in sources("csrc/**/*.cu") if not s.startswith(os.path.join("csrc", "tests"))]
         include_dirs += nvidia_wheel_includes()
         define_macros.append(("RADD_FAST_WITH_CUDA", "1"))
         nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr",

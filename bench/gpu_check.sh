@@ -3,9 +3,9 @@
 # GPU, check its error paths, run the CUDA tests and benchmarks, compute-sanitizer memcheck and
 # racecheck and an Nsight Compute profile on small workloads, keep full logs, print a short table.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: the stage caps add up to 560 s (build 80, info 10, errors 15, tests 55, crash 20 (only
+# Budget: the stage caps add up to 565 s (build 80, info 10, errors 15, tests 55, crash 20 (only
 # after a crash), bench 80, sampler 90, memcheck 45, racecheck 35, profile 30, compile 60,
-# wgmma 40); run it under a 580 s limit. On an
+# wgmma 45); run it under a 585 s limit. On an
 # H200 with 16 cores (2026-11-29) the stages then in it took 301 s: build 52 s, tests 37 s,
 # benchmarks 66 s, sampler 79 s, memcheck 40 s (cut short), racecheck 21 s.
 # Results: 8 files (machine.txt, stages.tsv, tests.xml, bench.json, bench_sampler.json,
@@ -96,10 +96,15 @@ if stage build 80 "$py" setup.py build_ext --inplace; then
     "bench/test_train_step.py::test_train_step_compiled[cuda]"
   # The wgmma attention kernels' tests and benchmark rows (opt-in, never yet run on a GPU): last and
   # in a process of their own, so that a fault in them cannot spoil any other figure (marker
-  # `wgmma`, deselected above). Their figures travel inside logs.tar.gz (bench_wgmma.json).
-  want wgmma && stage wgmma 40 "$py" -m pytest -m "cuda and wgmma" -q -rfE -p no:cacheprovider \
-    --import-mode=importlib $(tmo 30) --benchmark-json="$out/bench_wgmma.json" --benchmark-max-time=0.3 \
-    --benchmark-min-rounds=3 tests/test_attention.py bench/test_attention.py
+  # `wgmma`, deselected above). Their figures travel inside logs.tar.gz (bench_wgmma.json). First,
+  # one product per wgmma operand form the kernels use (csrc/tests/wgmma_layouts.cu, standalone, a
+  # few seconds): should the kernels fail, it names the form the hardware reads differently.
+  want wgmma && stage wgmma 45 bash -c 'bin=$(mktemp -d) && "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" -std=c++20 \
+      -gencode=arch=compute_90a,code=sm_90a -Icsrc csrc/tests/wgmma_layouts.cu -o "$bin/wgmma_layouts" && "$bin/wgmma_layouts"
+    rm -rf "$bin"
+    "$2" -m pytest -m "cuda and wgmma" -q -rfE -p no:cacheprovider --import-mode=importlib $3 \
+      --benchmark-json="$1/bench_wgmma.json" --benchmark-max-time=0.3 --benchmark-min-rounds=3 \
+      tests/test_attention.py bench/test_attention.py' _ "$out" "$py" "$(tmo 30)"
 else
   tail -40 "$out/build.log"
 fi

@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
                       "no pytest summary (cut short?)")
         print(f"wgmma stage: {counts}")
         for line in lines:
-            if line.startswith(("FAILED", "ERROR")):
+            if line.startswith(("FAILED", "ERROR", "wgmma layout")):
                 print(f"  {line[:150]}")
     for tool in ("memcheck", "racecheck"):  # bench/sanitize_cases.py under compute-sanitizer
         log = out / f"{tool}.log"
