@@ -35,7 +35,7 @@ struct BwdWgmmaSmem {
 // Blocks per SM that the register budget is held to. Three at head_dim <= 64: a warpgroup runs its
 // products, its softmax-gradient math and its dQ atomics one after another, and a third block keeps
 // the tensor cores busier while the others are in the latter two. ptxas (CUDA 13, sm_90a) then
-// gives 162 registers at head_dim 64 and 148 at 32, no spills; head_dim 128 needs 236: two blocks.
+// gives 158 registers at head_dim 64 and 145 at 32, no spills; head_dim 128 needs 234: two blocks.
 template <int D>
 constexpr int bwd_wgmma_min_blocks() {
   return D <= 64 ? 3 : 2;

@@ -39,9 +39,9 @@ namespace radd_fast::attention::cuda {
 // per query: at B 16, heads 12, L 1,024, head_dim 64 one warpgroup per CTA would read ~0.8 GB of
 // K / V per forward, ~6 TB/s at the 400 TFLOP/s target, at the limit of an H100-class L2 -- but
 // meet at a barrier per tile. Two 256-thread CTAs per SM need <= 128 registers per thread: at
-// head_dim <= 64 the kernel is held to that (ptxas, CUDA 13, sm_90a: 138 when free at head_dim
-// 64, 128 with 56 bytes spilled, a few local loads per tile; 120 at head_dim 32). At head_dim 128
-// (182 registers) one 256-thread CTA would fill the SM alone: there G = 1, two 128-thread CTAs
+// head_dim <= 64 the kernel is held to that (ptxas, CUDA 13, sm_90a: ~138 when free at head_dim
+// 64, 128 with 60 bytes spilled, a few local loads per tile; 118 at head_dim 32). At head_dim 128
+// (180 registers) one 256-thread CTA would fill the SM alone: there G = 1, two 128-thread CTAs
 // per SM (shared memory, 80 KB each, allows no third).
 template <int D>
 constexpr int fwd_wgmma_groups() {
@@ -85,12 +85,12 @@ struct CoreTileLoader {
     dst = rg * 8 * D + c * 64 + r8 * 8;
   }
   __device__ __forceinline__ void load(T* smem, int64_t row0, int64_t L) const {
-    const T* first = head + row0 * ld;  // row0 < L: a valid address for the copies past L
+    const T* first = head + row0 * ld;
 #pragma unroll
-    for (int j = 0; j < kIters; ++j) {
+    for (int j = 0; j < kIters; ++j) {  // a copy past L reads nothing but still names a valid row: 0
       const int r = row + j * kRowStep;
       const bool ok = row0 + r < L;
-      cp_async_16(smem + dst + j * kRowStep * D, ok ? first + r * ld : first, ok);
+      cp_async_16(smem + dst + j * kRowStep * D, ok ? first + r * ld : head, ok);
     }
   }
 };
