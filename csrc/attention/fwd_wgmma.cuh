@@ -145,6 +145,20 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   };
   float s[8][4];  // this warpgroup's 64 x 64 scores, mma.sync's C layout per warp
   float(&s_flat)[32] = reinterpret_cast<float(&)[32]>(s);
+  float m[2] = {neg_inf<float>(), neg_inf<float>()}, l[2] = {0.f, 0.f}, alpha[2], o[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+  float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
+  uint32_t pa[4][4];  // P of tile t0 as the A fragments of P V's k steps (keys 16 kk..16 kk + 15)
+  // Before an accumulator's wgmma and after its wait: keep the compiler from moving its uses across.
+  auto fence_s = [&] {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
+  };
+  auto fence_o = [&] {
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(o_flat[i]);
+  };
   // Descriptors of slot 0 (and of the warpgroup's Q rows); a slot or k step further is an offset
   // of the start address, which sits in the low bits in 16-byte units. Deriving them by one add
   // keeps ptxas from holding a descriptor per slot and k step live through the loop.
@@ -154,8 +168,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   const uint64_t v_desc = wgmma_desc(Vs, kKeyGroupBytes, kCoreBytes);
   auto issue_s = [&](int slot) {  // S = Q K(slot)^T, issued and committed
     const uint64_t kd = k_desc + slot * kSlotUnits;
-#pragma unroll
-    for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
+    fence_s();
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks)  // two core matrices (256 B) further along d per k step
@@ -176,12 +189,6 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   gpu::fence_proxy_async_smem();
   __syncthreads();
 
-  float m[2] = {neg_inf<float>(), neg_inf<float>()}, l[2] = {0.f, 0.f}, alpha[2], o[ND][4];
-#pragma unroll
-  for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
-  float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
-  uint32_t pa[4][4];  // P of tile t0 as the A fragments of P V's k steps (keys 16 kk..16 kk + 15)
-
   // S of tile kt to P in pa. A tile hidden from this warpgroup (but not from the other) is computed
   // like any other and its scores dropped: wgmma under a branch that is not provably
   // warpgroup-uniform is serialised by ptxas (C7518), which would cost more than the one extra
@@ -195,22 +202,12 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   };
   auto issue_pv = [&](int slot) {  // O += P V; k step kk = keys 16 kk..+15; V read MN-major
     const uint64_t vd = v_desc + slot * kSlotUnits;
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(o_flat[i]);
+    fence_o();
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)  // two key groups (32 D B) further per k step
       gpu::wgmma_rs<T, D, true>(o_flat, pa[kk], vd + kk * (2 * D), true);
     wgmma_commit();
-  };
-  // After a wait: keep the compiler from moving uses of those accumulators above it.
-  auto fence_s = [&] {
-#pragma unroll
-    for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
-  };
-  auto fence_o = [&] {
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(o_flat[i]);
   };
 
   if (t0 < n_t) {  // prologue: S and P of the first tile (no alpha to apply: O is zero)
