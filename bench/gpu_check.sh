@@ -12,6 +12,9 @@
 # bench_compile.json, summary.txt, logs.tar.gz), the most a device session brings back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# bench/*.py scripts import the in-place build: put the repository first on their path (run as
+# `python bench/x.py`, their own path is bench/; ModuleNotFoundError on the H200, 2026-11-30).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 out=${RADD_FAST_GPU_RESULTS:-./gpu_results}
 mkdir -p "$out"
 py=${PYTHON:-python3}
