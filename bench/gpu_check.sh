@@ -3,11 +3,13 @@
 # GPU, check its error paths, run the CUDA tests and benchmarks, compute-sanitizer memcheck and
 # racecheck and an Nsight Compute profile on small workloads, keep full logs, print a short table.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: the stage caps add up to 565 s (build 80, info 10, errors 15, tests 55, crash 20 (only
-# after a crash), bench 80, sampler 90, memcheck 45, racecheck 35, profile 30, compile 60,
-# wgmma 45); run it under a 585 s limit. On an
-# H200 with 16 cores (2026-11-29) the stages then in it took 301 s: build 52 s, tests 37 s,
-# benchmarks 66 s, sampler 79 s, memcheck 40 s (cut short), racecheck 21 s.
+# Budget: the stage caps add up to 555 s (build 80, info 10, errors 40, tests 55, crash 20 (only
+# after a crash), bench 80, sampler 45, sampler_ref 60, memcheck 30, racecheck 35, profile 20, compile 45,
+# wgmma 35); run it under a 585 s limit. On an H200 with 16 cores (2026-11-30) the stages took
+# build 50-67 s, tests 45 s, bench 71 s, memcheck 7 s, racecheck 30 s, profile 10 s, compile 32 s,
+# wgmma 27 s.
+#   RADD_FAST_STAGES=errors,tests (say) reruns only those stages after the build;
+#   RADD_FAST_HOST_CXX=/usr/bin/g++ builds with that host compiler instead of $CXX.
 # Results: 8 files (machine.txt, stages.tsv, tests.xml, bench.json, bench_sampler.json,
 # bench_compile.json, summary.txt, logs.tar.gz), the most a device session brings back.
 set -uo pipefail
@@ -18,7 +20,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 out=${RADD_FAST_GPU_RESULTS:-./gpu_results}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-# RADD_FAST_STAGES=tests,sampler (say) reruns only those stages after the build.
 want() { [[ ",${RADD_FAST_STAGES:-info,errors,tests,bench,sampler,memcheck,racecheck,profile,compile,wgmma}," == *",$1,"* ]]; }
 status() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$out/stages.tsv"; }
 : > "$out/stages.tsv"
@@ -37,8 +38,18 @@ sanitizer=$(command -v compute-sanitizer || true)
 echo "compute-sanitizer: ${sanitizer:-not found}" >> "$out/machine.txt"
 # The toolchain the extension is built with, and the C++ runtime the process loads (a mismatch breaks
 # C++ exceptions first): the first diagnosis of a crash on an error path.
-{ echo "CC=${CC:-} CXX=${CXX:-}: $("${CXX:-c++}" --version 2>&1 | head -1)"; "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>&1 | tail -1
+if [ -n "${RADD_FAST_HOST_CXX:-}" ]; then
+  export CXX=$RADD_FAST_HOST_CXX CC=${RADD_FAST_HOST_CXX%g++}gcc
+fi
+{ echo "CC=${CC:-} CXX=${CXX:-}: $("${CXX:-c++}" --version 2>&1 | head -1)"
+  for c in "${CXX:-c++}" /usr/bin/g++; do  # a wrapper script shows what it adds
+    f=$(command -v "$c" || true); [ -n "$f" ] || continue
+    echo "$c -> $(readlink -f "$f"): $(file -b "$(readlink -f "$f")" 2>/dev/null | cut -c1-60)"
+    grep -Iq . "$f" 2>/dev/null && sed -n '1,15p' "$f" | sed 's/^/    | /'
+  done
+  "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>&1 | tail -1
   "$py" -c "import torch; print('loaded:', *sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l or 'libgcc_s' in l}))" 2>&1
+  env | grep -E '^(TORCH_|LD_PRELOAD|LD_LIBRARY_PATH|GLIBC_TUNABLES|CXXFLAGS|CFLAGS|LDFLAGS|CUDA_MODULE_LOADING)' | cut -c1-200
 } >> "$out/machine.txt"
 
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-$(nproc)}"
@@ -48,9 +59,14 @@ par=(); "$py" -c "import xdist" 2>/dev/null && par=(-n "${RADD_FAST_TEST_WORKERS
 tmo() { "$py" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
 if stage build 80 "$py" setup.py build_ext --inplace; then
   want info && stage info 10 "$py" -m radd_fast.info
-  # C++ argument errors of a CPU kernel and of each CUDA entry point must reach Python (one killed a
-  # test worker on 2026-11-29); a crash here names the call that caused it.
-  want errors && stage errors 15 "$py" -X faulthandler bench/error_paths.py
+  # C++ argument errors of torch, of each CPU kernel and of each CUDA entry point must reach Python
+  # (on 2026-11-29 / -30 the first one killed the process): each case in turn, a crash isolated to
+  # its case, the first crash's native backtrace from cuda-gdb.
+  { nm -D --defined-only radd_fast/_C*.so 2>/dev/null | grep -c -E " (__cxa_throw|_Unwind_RaiseException)$" |
+      sed 's/^/C++ runtime symbols defined in _C (0 = shared libstdc++): /'
+    readelf -d radd_fast/_C*.so 2>/dev/null | grep -E "NEEDED" | sed 's/.*Shared library: /needs /' | tr '\n' ' '; echo
+  } >> "$out/machine.txt"
+  want errors && RADD_FAST_ERRORS_GDB=1 stage errors 40 "$py" bench/error_paths.py
   want tests && stage tests 55 "$py" -m pytest tests -m "cuda and not wgmma" -q -rfE -p no:cacheprovider "${par[@]}" $(tmo 60) \
     --junitxml="$out/tests.xml"
   # A test that killed its worker (a crash inside C++) is rerun alone under cuda-gdb for a native
@@ -58,17 +74,23 @@ if stage build 80 "$py" setup.py build_ext --inplace; then
   crashed=$(grep -o "crashed while running '[^']*'" "$out/tests.log" 2>/dev/null | cut -d"'" -f2 | head -2)
   if [ -n "$crashed" ] && command -v cuda-gdb >/dev/null; then
     stage crash 20 bash -c 'for t in "$@"; do echo "== $t"; cuda-gdb -batch -ex run -ex bt --args "'"$py"'" -m pytest -q \
-      -p no:cacheprovider "$t" 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tail -40; done' _ $crashed
+      -p no:cacheprovider "$t" 2>&1 | grep -E "^#|^Program received|^Thread .* received" | head -30; done' _ $crashed
   fi
   want bench && stage bench 80 "$py" -m pytest bench -m "cuda and not wgmma" -q -p no:cacheprovider $(tmo 40) --benchmark-json="$out/bench.json" \
     --benchmark-max-time=0.3 --benchmark-min-rounds=3 --ignore=bench/test_sampler.py \
     --deselect "bench/test_train_step.py::test_train_step_compiled[cuda]"
-  # Each sampler configuration is timed once; the new sampler first, so a slow reference run costs
-  # only its own figure. The reference at n = 4,096 alone took 44 s on an H200; the one at n = 1,024
-  # (23 s) is left to a plain `pytest bench/test_sampler.py`.
+  # Each sampler configuration is timed once; the new sampler's two in one process, the reference
+  # (44 s at n = 4,096 on an H200; 23 s at n = 1,024, left to a plain `pytest bench/test_sampler.py`)
+  # in another, so a slow run costs only its own figures; their JSON files are merged.
   s=bench/test_sampler.py::test_sampler_cuda_small
-  want sampler && stage sampler 90 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo 60) --benchmark-json="$out/bench_sampler.json" \
-    "$s[fused-4096]" "$s[reference-4096]" "$s[fused-1024]"
+  if want sampler; then
+    stage sampler 45 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo 40) --benchmark-json="$out/sampler_fused.json" \
+      "$s[fused-4096]" "$s[fused-1024]"
+    stage sampler_ref 60 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo 55) --benchmark-json="$out/sampler_ref.json" \
+      "$s[reference-4096]"
+    "$py" bench/summarize.py --merge "$out/bench_sampler.json" "$out/sampler_fused.json" "$out/sampler_ref.json"
+    rm -f "$out/sampler_fused.json" "$out/sampler_ref.json"
+  fi
   # Bad memory accesses and shared-memory races of the hand-written kernels (cp.async, ldmatrix,
   # atomics): every kernel once on small odd shapes (bench/sanitize_cases.py; a pytest run under
   # memcheck got through one test in 40 s on an H200). Where the sanitizer can filter by kernel name
@@ -76,7 +98,7 @@ if stage build 80 "$py" setup.py build_ext --inplace; then
   if [ -n "$sanitizer" ] && [ "${RADD_FAST_SANITIZE:-1}" = 1 ]; then
     filt=(--kernel-name kns=radd_fast)  # kept only if this sanitizer accepts it (a 1 s probe)
     "$sanitizer" --tool memcheck "${filt[@]}" true > /dev/null 2>&1 || filt=()
-    want memcheck && stage memcheck 45 "$sanitizer" --tool memcheck --error-exitcode 3 "${filt[@]}" \
+    want memcheck && stage memcheck 30 "$sanitizer" --tool memcheck --error-exitcode 3 "${filt[@]}" \
       "$py" bench/sanitize_cases.py
     want racecheck && stage racecheck 35 "$sanitizer" --tool racecheck --error-exitcode 3 "${filt[@]}" \
       "$py" bench/sanitize_cases.py --only attention,loss,sampler
@@ -87,14 +109,14 @@ if stage build 80 "$py" setup.py build_ext --inplace; then
   # each (bench/profile_cases.py; ten launches). The CSV is in profile.log, a digest in the table.
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)
   if [ -n "$ncu_bin" ]; then
-    want profile && stage profile 30 "$ncu_bin" --csv --clock-control none --section SpeedOfLight \
+    want profile && stage profile 20 "$ncu_bin" --csv --clock-control none --section SpeedOfLight \
       --section Occupancy --section LaunchStats -k 'regex:gemm_kernel|device_kernel|softmax_rows_kernel|fwd_mma_kernel|fwd_wgmma_kernel|bwd_mma_kernel|bwd_wgmma_kernel' \
       "$py" bench/profile_cases.py
   else
     status profile skipped "ncu not found"
   fi
   # The training step with torch.compile'd blocks (compiling takes most of the stage).
-  want compile && stage compile 60 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo 55) \
+  want compile && stage compile 45 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo 40) \
     --benchmark-json="$out/bench_compile.json" --benchmark-max-time=0.3 --benchmark-min-rounds=3 \
     "bench/test_train_step.py::test_train_step_compiled[cuda]"
   # The wgmma attention kernels' tests and benchmark rows (opt-in, never yet run on a GPU): last and
@@ -102,7 +124,7 @@ if stage build 80 "$py" setup.py build_ext --inplace; then
   # `wgmma`, deselected above). Their figures travel inside logs.tar.gz (bench_wgmma.json). First,
   # one product per wgmma operand form the kernels use (csrc/tests/wgmma_layouts.cu, standalone, a
   # few seconds): should the kernels fail, it names the form the hardware reads differently.
-  want wgmma && stage wgmma 45 bash -c 'bin=$(mktemp -d) && "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" -std=c++20 \
+  want wgmma && stage wgmma 35 bash -c 'bin=$(mktemp -d) && "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" -std=c++20 \
       -gencode=arch=compute_90a,code=sm_90a -Icsrc csrc/tests/wgmma_layouts.cu -o "$bin/wgmma_layouts" && "$bin/wgmma_layouts"
     rm -rf "$bin"
     "$2" -m pytest -m "cuda and wgmma" -q -rfE -p no:cacheprovider --import-mode=importlib $3 \

@@ -1,6 +1,7 @@
 """Short table of a gpu_check.sh run: stage results, test counts, benchmark figures and speed-ups.
 
     python bench/summarize.py RESULTS_DIR
+    python bench/summarize.py --merge OUT.json IN.json...   (one pytest-benchmark file of several)
 """
 
 from __future__ import annotations
@@ -44,7 +45,24 @@ def print_profile(lines: list[str]) -> None:
         print(f"  {kid:>3} {k['name'][:64]:<64} grid {k['grid']}: {fields}")
 
 
+def merge(target: Path, parts: list[Path]) -> None:
+    """Concatenates the benchmarks of pytest-benchmark JSON files (missing or empty ones skipped: a
+    stage cut short writes none) into `target`, which keeps the first file's machine and commit."""
+    merged = None
+    for part in parts:
+        if part.exists() and part.stat().st_size:
+            data = json.loads(part.read_text())
+            if merged is None:
+                merged = data
+            else:
+                merged["benchmarks"].extend(data["benchmarks"])
+    target.write_text(json.dumps(merged) if merged is not None else "")
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) > 2 and argv[1] == "--merge":
+        merge(Path(argv[2]), [Path(a) for a in argv[3:]])
+        return 0
     out = Path(argv[1] if len(argv) > 1 else "gpu_results")
     print("=" * 100)
     machine = out / "machine.txt"
@@ -70,13 +88,17 @@ def main(argv: list[str]) -> int:
     if errors.exists():
         lines = errors.read_text(errors="replace").splitlines()
         verdict = next((line for line in lines if line.startswith("error paths:")), None)
-        if verdict is None:  # the process died: the last call announced is the one
-            last = next((line for line in reversed(lines) if line.startswith("calling ")), "no call announced")
-            verdict = f"error paths: process died during '{last.removeprefix('calling ').removesuffix(' ...')}'"
+        if verdict is None:  # the supervisor itself was cut short: the last call announced
+            last = next((line for line in reversed(lines) if re.match(r"case \d+: calling ", line)), "no call announced")
+            name = re.sub(r"^case \d+: calling | \.\.\.$", "", last)
+            verdict = f"error paths: cut short during '{name}'"
         print(verdict)
-        for line in lines:
-            if "DID NOT RAISE" in line:
-                print(f"  {line.strip()}")
+        for i, line in enumerate(lines):
+            if "DID NOT RAISE" in line or "CRASHED" in line:
+                print(f"  {lines[i - 1].strip()}: {line.strip()}")
+        frames = [line.strip() for line in lines if line.strip().startswith("#")]
+        for line in frames[:10]:  # the top of the first crash's native backtrace (cuda-gdb)
+            print(f"    {line[:160]}")
     wgmma_log = out / "wgmma.log"  # the wgmma kernels' tests and benchmarks, in a process of their own
     if wgmma_log.exists():
         lines = wgmma_log.read_text(errors="replace").splitlines()

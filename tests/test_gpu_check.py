@@ -3,6 +3,7 @@ run (and the sanitizer's can fail), the summary digests their logs, the script p
 errors of the CUDA entry points come from host-compiled code."""
 
 import importlib.util
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -50,6 +51,17 @@ def test_profile_cases_run_small_on_the_cpu(capsys):
     assert "profile cases done" in capsys.readouterr().out
 
 
+def test_summary_merges_benchmark_files(tmp_path):
+    S = load_bench_script("summarize")
+    one = {"machine_info": {"node": "x"}, "benchmarks": [{"group": "g", "name": "a"}]}
+    (tmp_path / "a.json").write_text(json.dumps(one))
+    (tmp_path / "b.json").write_text("")  # a stage cut short
+    (tmp_path / "c.json").write_text(json.dumps({**one, "benchmarks": [{"group": "g", "name": "c"}]}))
+    S.main(["summarize", "--merge", str(tmp_path / "m.json"), *(str(tmp_path / f"{n}.json") for n in "abcd")])
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert [b["name"] for b in merged["benchmarks"]] == ["a", "c"] and merged["machine_info"] == {"node": "x"}
+
+
 def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
     (tmp_path / "stages.tsv").write_text("memcheck\t0\t21s\nprofile\t0\t12s\n")
     (tmp_path / "memcheck.log").write_text("========= COMPUTE-SANITIZER\nok   attention a\nFAIL loss b: relative "
@@ -61,8 +73,12 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
             f'"0","{kernel}","(10, 393, 1)","SOL","Compute (SM) Throughput","%","45.1"',
             f'"0","{kernel}","(10, 393, 1)","Occupancy","Achieved Occupancy","%","22.9"']
     (tmp_path / "profile.log").write_text("==PROF== Connected\n" + "\n".join([head, *rows]) + "\n")
-    (tmp_path / "errors.log").write_text("calling cpu rotary: x ...\n  raised ValueError: y\n"
-                                         "calling cuda attention: head_dim 48 ...\nFatal Python error: Segmentation fault\n")
+    (tmp_path / "errors.log").write_text(
+        "case 0: calling cpu rotary: x ...\n  raised ValueError: y\ncase 1: calling cuda attention: head_dim 48 ...\n"
+        "  CRASHED (signal 11); stderr tail:\n    Fatal Python error: Segmentation fault\n  cuda-gdb, case 1 alone:\n"
+        "    #0  0x00007f in __cxa_throw () from /lib/libstdc++.so.6\n    #1  0x00007e in fwd_cuda ()\n"
+        "case 2: calling cuda loss: z ...\n  DID NOT RAISE\ncases done: 1 did not raise\n"
+        "error paths: 1 raised, 1 did not raise, 1 crashed: cuda attention: head_dim 48\n")
     (tmp_path / "wgmma.log").write_text("wgmma layout A registers, B MN-major      N  64: error 1.2e+00 FAIL\n"
                                         "wgmma layouts: 5 of 6 forms agree with the CPU emulation's model\n"
                                         "..F.\nFAILED tests/test_attention.py::test_cuda_wgmma_kernels[x] - "
@@ -72,7 +88,10 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
     assert "memcheck  1 cases ok; ERROR SUMMARY: 0 errors" in out and "FAIL loss b" in out
     assert "gemm_kernel<__nv_bfloat16, true, true, StoreLogits<float>>" in out
     assert "time 812.35 us, SM % 45.1, occupancy % 22.9" in out
-    assert "error paths: process died during 'cuda attention: head_dim 48'" in out
+    assert "error paths: 1 raised, 1 did not raise, 1 crashed: cuda attention: head_dim 48" in out
+    assert "case 1: calling cuda attention: head_dim 48 ...: CRASHED (signal 11)" in out
+    assert "#0  0x00007f in __cxa_throw () from /lib/libstdc++.so.6" in out
+    assert "case 2: calling cuda loss: z ...: DID NOT RAISE" in out
     assert "wgmma stage: 1 failed, 57 passed in 30.1s" in out
     assert "  FAILED tests/test_attention.py::test_cuda_wgmma_kernels[x]" in out
     assert "  wgmma layout A registers, B MN-major      N  64: error 1.2e+00 FAIL" in out
@@ -80,9 +99,37 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
-def test_error_paths_raise_on_the_cpu(capsys):
-    assert load_bench_script("error_paths").main() == 0
-    assert "error paths: all raised" in capsys.readouterr().out
+def test_error_paths_raise_on_the_cpu(capfd):
+    assert load_bench_script("error_paths").main([]) == 0
+    out = capfd.readouterr().out
+    assert re.search(r"error paths: [1-9]\d* raised, 0 did not raise, 0 crashed", out), out
+    assert "case 0: calling torch cpu mm" in out and "case 1: calling cpu rotary" in out
+
+
+def test_summary_of_an_error_stage_cut_short(tmp_path, capsys):
+    (tmp_path / "errors.log").write_text("case 0: calling cpu rotary: qkv of rank 3 ...\n")
+    load_bench_script("summarize").main(["summarize", str(tmp_path)])
+    assert "error paths: cut short during 'cpu rotary: qkv of rank 3'" in capsys.readouterr().out
+
+
+def test_error_paths_isolate_a_crash(monkeypatch, capfd):
+    # A case that kills its process (here a null read) costs only its own verdict: the cases after
+    # it run in a fresh child, and the verdict names the crash.
+    E = load_bench_script("error_paths")
+    script = Path(E.__file__).read_text().replace(
+        '    yield "cpu attention:', '    import ctypes\n    yield "null read", lambda: ctypes.string_at(0)\n'
+        '    yield "cpu attention:', 1)
+    copy = ROOT / "bench" / "_error_paths_crash_test.py"  # beside the original: same repository root
+    copy.write_text(script)
+    try:
+        E2 = load_bench_script("_error_paths_crash_test")
+        assert E2.main([]) == 1
+    finally:
+        copy.unlink()
+    out = capfd.readouterr().out
+    assert "case 2: calling null read ...\n  CRASHED (signal 11)" in out
+    assert "case 3: calling cpu attention" in out and "case 4: calling cpu loss" in out
+    assert re.search(r"error paths: \d+ raised, 0 did not raise, 1 crashed: null read", out), out
 
 
 def test_gpu_check_script_parses():
