@@ -258,9 +258,10 @@ void launch_gather_rows(const at::BFloat16* hidden, int64_t D, const int* order,
 
 void launch_softmax_rows(at::BFloat16* logits, int64_t ld, int64_t nc, const int* order, const int* count, int64_t row0,
                          int64_t R, const int64_t* target, const float* row_weight, const float* bias, float* loss,
-                         bool write_grad) {
+                         bool write_grad, const at::BFloat16* hc, const at::BFloat16* weight, int64_t D) {
   softmax_rows_vec_kernel<bf16, float><<<unsigned(R), kRowThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<bf16*>(logits), ld, nc, order, count, row0, target, row_weight, bias, loss, write_grad);
+      reinterpret_cast<bf16*>(logits), ld, nc, order, count, row0, target, row_weight, bias, loss, write_grad,
+      reinterpret_cast<const bf16*>(hc), reinterpret_cast<const bf16*>(weight), D);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -8,8 +8,9 @@
 // Per chunk of R compacted rows:
 //   1. gather the chunk's hidden rows into hc (R x D), and its active row count into valid[chunk]
 //   2. logits (R x nc, bf16) = hc @ W[:nc]^T                                     grouped GEMM
-//   3. one block per row: logsumexp (fp32, bias added here), loss, and the logit gradient
-//      w * (softmax - onehot) written in place over the row, in bf16
+//   3. one block per row: logsumexp (fp32, bias added here), loss (the target's logit recomputed
+//      in fp32 from hc and W), and the logit gradient w * (softmax - onehot) written in place over
+//      the row, in bf16
 //   4. grad_h rows = dlogits @ W[:nc] (grouped GEMM), scattered to grad_hidden[order[.]]
 //   5. grad_W[:nc] (fp32 accumulator) += dlogits^T @ hc (grouped GEMM, bf16 result per chunk; the
 //      accumulation reads the count too, so chunks past it cost no pass over the accumulator)
@@ -83,7 +84,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backw
     TORCH_INTERNAL_ASSERT(logits.stride(1) == 1 && logits.stride(0) == ld, "unexpected logits layout");
     grouped::launch_softmax_rows(logits.data_ptr<BFloat16>(), ld, nc, ord, cnt, row0, R, tgt.const_data_ptr<int64_t>(),
                                  w.const_data_ptr<float>(), has_bias ? b_acc.const_data_ptr<float>() : nullptr,
-                                 loss.data_ptr<float>(), any);
+                                 loss.data_ptr<float>(), any, hc.const_data_ptr<BFloat16>(),
+                                 weight.const_data_ptr<BFloat16>(), D);
     if (!any) continue;
     if (want_h) {
       const at::Tensor rows = grouped::grad_hidden(logits, w_nc, v);

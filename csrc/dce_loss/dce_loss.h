@@ -191,12 +191,13 @@ void launch_compact(const float* row_weight, int64_t N, int* order, int* count);
 // number. D * 2 bytes must be a multiple of 16, hidden and out 16-byte aligned.
 void launch_gather_rows(const at::BFloat16* hidden, int64_t D, const int* order, const int* count, int64_t row0,
                         int64_t R, at::BFloat16* out, int* valid_out);
-// Per active row i of the chunk: logsumexp of logits[i, :nc] + bias (bias may be null), loss[order[.]],
-// and (write_grad) the logit gradients in place over the row, in bf16. ld: the logits' row stride, a
-// multiple of 8; rows 16-byte aligned.
+// Per active row i of the chunk: logsumexp of logits[i, :nc] + bias (bias may be null), loss[order[.]]
+// with the target's logit recomputed in fp32 from hc row i and weight row target (C x D, both
+// 16-byte aligned, D a multiple of 8), and (write_grad) the logit gradients in place over the row,
+// in bf16. ld: the logits' row stride, a multiple of 8; rows 16-byte aligned.
 void launch_softmax_rows(at::BFloat16* logits, int64_t ld, int64_t nc, const int* order, const int* count, int64_t row0,
                          int64_t R, const int64_t* target, const float* row_weight, const float* bias, float* loss,
-                         bool write_grad);
+                         bool write_grad, const at::BFloat16* hc, const at::BFloat16* weight, int64_t D);
 // grad_hidden[order[row0 + i]] = rows[i] (row stride D) for the chunk's active rows.
 void launch_scatter_rows(const at::BFloat16* rows, int64_t R, int64_t D, const int* order, const int* count,
                          int64_t row0, at::BFloat16* grad_hidden);

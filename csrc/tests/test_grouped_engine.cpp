@@ -40,10 +40,10 @@ void launch_gather_rows(const at::BFloat16* hidden, int64_t D, const int* order,
 }
 void launch_softmax_rows(at::BFloat16* logits, int64_t ld, int64_t nc, const int* order, const int* count, int64_t row0,
                          int64_t R, const int64_t* target, const float* row_weight, const float* bias, float* loss,
-                         bool write_grad) {
+                         bool write_grad, const at::BFloat16* hc, const at::BFloat16* weight, int64_t D) {
   launch(EmuDim3{unsigned(R), 1, 1}, gpu::kRowThreads, 0, [&] {
     gpu::softmax_rows_vec_kernel<EmuBf16, float>(emu(logits), ld, nc, order, count, row0, target, row_weight, bias,
-                                                 loss, write_grad);
+                                                 loss, write_grad, emu(hc), emu(weight), D);
   });
 }
 void launch_scatter_rows(const at::BFloat16* rows, int64_t R, int64_t D, const int* order, const int* count,

@@ -32,14 +32,28 @@ double tol_of(EmuBf16) { return 1.0 / 128; }  // one bf16 rounding (2^-8 relativ
 
 // R chunk rows of nc classes, row stride ld (in Z elements); rows 0..valid-1 active.
 // vec: the grouped engine's vectorised kernel (T = Z = bf16) instead of softmax_rows_kernel.
+// D > 0 (vec only): the logits are the rounded products of hidden rows hc (R x D) and weight rows W
+// (nc x D), which the kernel is given too, and the loss must use the target's exact product.
 template <typename T, typename Acc, typename Z>
-void test_softmax(int R, int valid, int nc, int ld, bool with_bias, bool write_grad, unsigned seed, bool vec = false) {
+void test_softmax(int R, int valid, int nc, int ld, bool with_bias, bool write_grad, unsigned seed, bool vec = false,
+                  int D = 0) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> normal(0.0, 3.0);
   std::uniform_real_distribution<double> unif(0.2, 2.0);
   const int N = R + 5, row0 = 3;  // the chunk starts at compacted row 3
   std::vector<Z> logits(size_t(R) * ld);
   for (auto& z : logits) z = Z(normal(rng));
+  std::vector<T> hc(size_t(R) * D), W(size_t(nc) * D);
+  for (auto& x : hc) x = T(normal(rng) / 3);
+  for (auto& x : W) x = T(normal(rng) / std::sqrt(double(std::max(D, 1))));
+  auto product = [&](int i, int64_t c) {  // hc row i . W row c, exactly
+    double s = 0;
+    for (int k = 0; k < D; ++k) s += double(hc[size_t(i) * D + k]) * double(W[size_t(c) * D + k]);
+    return s;
+  };
+  if (D > 0)
+    for (int i = 0; i < R; ++i)
+      for (int c = 0; c < nc; ++c) logits[size_t(i) * ld + c] = Z(product(i, c));
   const std::vector<Z> before = logits;
   std::vector<Acc> bias(nc), row_weight(N), loss(N, Acc(-7));
   for (auto& b : bias) b = Acc(normal(rng) * 0.5);
@@ -58,7 +72,8 @@ void test_softmax(int R, int valid, int nc, int ld, bool with_bias, bool write_g
     if constexpr (std::is_same_v<T, Z>) {
       if (vec) {
         gpu::softmax_rows_vec_kernel<T, Acc>(logits.data(), ld, nc, order.data(), &count, row0, target.data(),
-                                             row_weight.data(), b, loss.data(), write_grad);
+                                             row_weight.data(), b, loss.data(), write_grad,
+                                             D > 0 ? hc.data() : nullptr, D > 0 ? W.data() : nullptr, D);
         return;
       }
     }
@@ -88,7 +103,9 @@ void test_softmax(int R, int valid, int nc, int ld, bool with_bias, bool write_g
     if (t >= nc) {
       EXPECT(std::isnan(double(loss[r])), "row %d with an out-of-range target: loss %g", i, double(loss[r]));
     } else {
-      const double want = w * (lse - z[t]);
+      // The rounded product z[t] differs from the exact one by up to 2^-9 of it: far over the tolerance.
+      const double zt = D > 0 ? product(i, t) + (with_bias ? double(bias[t]) : 0.0) : z[t];
+      const double want = w * (lse - zt);
       EXPECT(std::abs(double(loss[r]) - want) <= 1e-5 * std::abs(want) + 1e-6, "row %d loss %.9g vs %.9g", i,
              double(loss[r]), want);
     }
@@ -184,6 +201,10 @@ int main() {
     test_softmax<EmuBf16, float, EmuBf16>(4, 3, 4100, 4104, true, grad, 7, true);
     test_softmax<EmuBf16, float, EmuBf16>(3, 3, 517, 520, false, grad, 5, true);
     test_softmax<EmuBf16, float, EmuBf16>(2, 1, 5, 8, true, grad, 8, true);
+    // ... given the operands, the target's logit exact: D = 24 is three 16-byte vectors, D = 4,112
+    // is 514, so two of the 512 threads take two each
+    test_softmax<EmuBf16, float, EmuBf16>(4, 3, 517, 520, true, grad, 9, true, 24);
+    test_softmax<EmuBf16, float, EmuBf16>(2, 2, 5, 8, false, grad, 10, true, 4112);
   }
   test_softmax<float, float, float>(2, 0, 40, 48, true, true, 6);          // empty chunk
   test_bias_grad();
