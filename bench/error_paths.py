@@ -1,7 +1,7 @@
 """Do C++ argument errors reach Python on this machine? One bad call per kind of code that raises
 (torch's own ATen, each of our CPU kernels, each CUDA entry point), each announced before it runs.
 
-    python -X faulthandler bench/error_paths.py
+    python -X faulthandler bench/error_paths.py [--cpu]    (--cpu: only the CPU cases)
 
 runs the cases in a child process; when a case kills the child (a crash inside C++), the rest run
 in a fresh child, so every case gets its own verdict, and (with RADD_FAST_ERRORS_GDB=1, where
@@ -71,12 +71,12 @@ def cases(cuda: bool):
     yield "cuda sample_rows: top_p 2", lambda: ops.sample_rows(h, W, None, 10, 1.0, 0, 2.0, False, 0, 0)
 
 
-def run_cases(start: int, only: int | None) -> int:
+def run_cases(start: int, only: int | None, cpu_only: bool) -> int:
     """Runs cases start.. (or just `only`) in this process; exit 1 if one did not raise."""
     import torch
 
     bad = 0
-    for i, (name, call) in enumerate(cases(torch.cuda.is_available())):
+    for i, (name, call) in enumerate(cases(torch.cuda.is_available() and not cpu_only)):
         if i < start or (only is not None and i != only):
             continue
         print(f"case {i}: calling {name} ...", flush=True)
@@ -98,13 +98,13 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
-def gdb_backtrace(case: int) -> None:
+def gdb_backtrace(case: int, flags: list[str]) -> None:
     """The top of the native backtrace of one crashing case, run alone under cuda-gdb."""
     gdb = shutil.which("cuda-gdb")
     if gdb is None:
         print("  (no cuda-gdb for a backtrace)")
         return
-    cmd = [gdb, "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, __file__, "--only", str(case)]
+    cmd = [gdb, "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, __file__, "--only", str(case), *flags]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=child_env())
         text = p.stdout + p.stderr
@@ -116,10 +116,10 @@ def gdb_backtrace(case: int) -> None:
         print(f"    {line[:300]}")
 
 
-def supervise() -> int:
+def supervise(flags: list[str]) -> int:
     start, raised, not_raised, crashed, names = 0, 0, 0, [], {}
     while True:
-        p = subprocess.run([sys.executable, "-X", "faulthandler", __file__, "--from", str(start)],
+        p = subprocess.run([sys.executable, "-X", "faulthandler", __file__, "--from", str(start), *flags],
                            capture_output=True, text=True, timeout=120, env=child_env())
         sys.stdout.write(p.stdout)
         last = None
@@ -140,7 +140,7 @@ def supervise() -> int:
         for line in [x for x in p.stderr.strip().splitlines() if not x.startswith("Extension modules")][-12:]:
             print(f"    {line}")
         if not crashed and os.environ.get("RADD_FAST_ERRORS_GDB") == "1":
-            gdb_backtrace(last)
+            gdb_backtrace(last, flags)
         crashed.append(names[last])
         start = last + 1
     verdict = f"{raised} raised, {not_raised} did not raise, {len(crashed)} crashed"
@@ -151,11 +151,12 @@ def supervise() -> int:
 
 
 def main(argv: list[str]) -> int:
+    flags = ["--cpu"] if "--cpu" in argv else []
     if "--from" in argv or "--only" in argv:
         flag = "--from" if "--from" in argv else "--only"
         k = int(argv[argv.index(flag) + 1])
-        return run_cases(k if flag == "--from" else 0, k if flag == "--only" else None)
-    return supervise()
+        return run_cases(k if flag == "--from" else 0, k if flag == "--only" else None, bool(flags))
+    return supervise(flags)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,11 @@ def main(argv: list[str]) -> int:
         frames = [line.strip() for line in lines if line.strip().startswith("#")]
         for line in frames[:10]:  # the top of the first crash's native backtrace (cuda-gdb)
             print(f"    {line[:160]}")
+    variants = out / "errors_variants.log"  # bench/error_variants.sh, after a crash
+    if variants.exists():
+        for line in variants.read_text(errors="replace").splitlines():
+            if line.startswith("variant "):
+                print(f"  {line[:200]}")
     wgmma_log = out / "wgmma.log"  # the wgmma kernels' tests and benchmarks, in a process of their own
     if wgmma_log.exists():
         lines = wgmma_log.read_text(errors="replace").splitlines()

@@ -4,8 +4,10 @@ errors of the CUDA entry points come from host-compiled code."""
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,8 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
         "    #0  0x00007f in __cxa_throw () from /lib/libstdc++.so.6\n    #1  0x00007e in fwd_cuda ()\n"
         "case 2: calling cuda loss: z ...\n  DID NOT RAISE\ncases done: 1 did not raise\n"
         "error paths: 1 raised, 1 did not raise, 1 crashed: cuda attention: head_dim 48\n")
+    (tmp_path / "errors_variants.log").write_text(
+        "variant system-g++ (CPU ISA avx512, CXX /usr/bin/g++): error paths: 4 raised, 0 did not raise, 0 crashed\n")
     (tmp_path / "wgmma.log").write_text("wgmma layout A registers, B MN-major      N  64: error 1.2e+00 FAIL\n"
                                         "wgmma layouts: 5 of 6 forms agree with the CPU emulation's model\n"
                                         "..F.\nFAILED tests/test_attention.py::test_cuda_wgmma_kernels[x] - "
@@ -92,6 +96,7 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
     assert "case 1: calling cuda attention: head_dim 48 ...: CRASHED (signal 11)" in out
     assert "#0  0x00007f in __cxa_throw () from /lib/libstdc++.so.6" in out
     assert "case 2: calling cuda loss: z ...: DID NOT RAISE" in out
+    assert "  variant system-g++ (CPU ISA avx512, CXX /usr/bin/g++): error paths: 4 raised" in out
     assert "wgmma stage: 1 failed, 57 passed in 30.1s" in out
     assert "  FAILED tests/test_attention.py::test_cuda_wgmma_kernels[x]" in out
     assert "  wgmma layout A registers, B MN-major      N  64: error 1.2e+00 FAIL" in out
@@ -132,8 +137,21 @@ def test_error_paths_isolate_a_crash(monkeypatch, capfd):
     assert re.search(r"error paths: \d+ raised, 0 did not raise, 1 crashed: null read", out), out
 
 
-def test_gpu_check_script_parses():
-    subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")], check=True)
+def test_gpu_check_scripts_parse():
+    for script in ("gpu_check.sh", "error_variants.sh"):
+        subprocess.run(["bash", "-n", str(ROOT / "bench" / script)], check=True)
+
+
+@pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
+def test_error_variants_build_and_run_the_cpu_cases():
+    # One variant (about a minute on 2 cores): a CPU-only build in a temporary copy whose own
+    # extension the error cases then run against.
+    env = {**os.environ, "RADD_FAST_VARIANTS": "generic-isa", "CXX": os.environ.get("CXX", "c++")}
+    p = subprocess.run(["bash", str(ROOT / "bench" / "error_variants.sh"), sys.executable], env=env,
+                       capture_output=True, text=True, timeout=600)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("variant ")]
+    assert len(lines) == 1 and "variant generic-isa (CPU ISA generic" in lines[0], p.stdout + p.stderr
+    assert re.search(r"error paths: [1-9]\d* raised, 0 did not raise, 0 crashed", lines[0]), lines
 
 
 def test_cuda_argument_errors_are_raised_by_host_compiled_code():
