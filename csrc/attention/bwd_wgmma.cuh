@@ -191,16 +191,13 @@ __global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wg
       wgmma_wait<0>();
 #pragma unroll
       for (int i = 0; i < kDqN / 2; ++i) wgmma_fence_operand(dq[i]);
+      // Rows past L add nothing (their pointers are those of row 0: never dereferenced).
+      float* dst_g = dq_acc + ((b * L + (qrow[0] < L ? qrow[0] : 0)) * H + h) * D + n0 + 2 * t4;
+      float* dst_g8 = dq_acc + ((b * L + (qrow[1] < L ? qrow[1] : 0)) * H + h) * D + n0 + 2 * t4;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (qrow[r] >= L) continue;
-        float* dst = dq_acc + ((b * L + qrow[r]) * H + h) * D + n0 + 2 * t4;
-#pragma unroll
-        for (int j = 0; j < kDqN / 8; ++j) {
-          atomicAdd(dst + j * 8, dq[4 * j + 2 * r]);
-          atomicAdd(dst + j * 8 + 1, dq[4 * j + 2 * r + 1]);
-        }
-      }
+      for (int j = 0; j < kDqN / 8; ++j)
+        dq_atomic_add(dst_g + j * 8, dst_g8 + j * 8, qrow[0] < L, qrow[1] < L, t4, dq[4 * j], dq[4 * j + 1],
+                      dq[4 * j + 2], dq[4 * j + 3]);
     }
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(dk_flat[i]), wgmma_fence_operand(dv_flat[i]);
