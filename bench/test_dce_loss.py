@@ -41,9 +41,12 @@ CASES = [
 ]
 IMPLS = ["reference", "compiled", "fused"]
 # On CUDA, "fused" runs the engine the kernel picks (RADD_FAST_DCE_ENGINE=auto: torch's grouped GEMM
-# for bf16 on compute capability 9.x / 10.x); "fused-tiles" forces our own tiled GEMM, side by side.
+# for bf16 on compute capability 9.x / 10.x); "fused-tiles" forces our own tiled GEMM, and
+# "fused-split4" the grouped engine with its hidden-gradient product in four class slices on side
+# streams (RADD_FAST_DCE_GRAD_H_SPLIT=4, opt-in until measured), side by side.
+CUDA_EXTRA = ["fused-tiles", "fused-split4"]
 PARAMS = [pytest.param(*c.values, impl, id=f"{c.id}-{impl}", marks=c.marks)
-          for c in CASES for impl in IMPLS + (["fused-tiles"] if c.values[0] == "cuda" else [])]
+          for c in CASES for impl in IMPLS + (CUDA_EXTRA if c.values[0] == "cuda" else [])]
 
 
 def naive_loss(h, W, b, t, w):
@@ -82,6 +85,7 @@ def test_linear_dce_loss_forward_backward(bench, monkeypatch, device, N, dtype, 
 
     if impl.startswith("fused"):
         monkeypatch.setenv("RADD_FAST_DCE_ENGINE", "tiles" if impl == "fused-tiles" else "auto")
+        monkeypatch.setenv("RADD_FAST_DCE_GRAD_H_SPLIT", "4" if impl == "fused-split4" else "1")
         loss_fn = lambda: radd_fast.linear_dce_loss(h, W, b, t, w, V, impl="fused")
     elif impl == "reference":
         loss_fn = lambda: naive_loss(h, W, b, t, w)

@@ -309,16 +309,26 @@ def _needs_grouped_engine():
         pytest.skip(f"the grouped engine needs compute capability 9.x or 10.x, this GPU is {major}.x")
 
 
+# "grouped-split3": the grouped engine with its hidden-gradient product over three class slices on
+# side streams (RADD_FAST_DCE_GRAD_H_SPLIT=3).
+ENGINES = ["tiles", "grouped", "grouped-split3"]
+
+
+def _set_engine(monkeypatch, engine):
+    if engine.startswith("grouped"):
+        _needs_grouped_engine()
+    monkeypatch.setenv("RADD_FAST_DCE_ENGINE", engine.split("-")[0])
+    monkeypatch.setenv("RADD_FAST_DCE_GRAD_H_SPLIT", "3" if engine == "grouped-split3" else "1")
+
+
 @pytest.mark.parametrize("device", CUDA_ONLY)
-@pytest.mark.parametrize("engine", ["tiles", "grouped"])
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("shape,chunk", [((300, 64, 1003, None), ""), ((150, 24, 301, 290), "7"),
                                          ((1, 8, 5, None), ""), ((513, 128, 2051, None), "128")], ids=str)
 @pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_cuda_bf16_engines(device, monkeypatch, engine, shape, chunk, pattern, bias):
-    if engine == "grouped":
-        _needs_grouped_engine()
-    monkeypatch.setenv("RADD_FAST_DCE_ENGINE", engine)
+    _set_engine(monkeypatch, engine)
     monkeypatch.setenv("RADD_FAST_DCE_CHUNK_ROWS", chunk)
     h, W, b, t, w, nc = make(*shape, torch.bfloat16, device, pattern, bias=bias, seed=31)
     up = torch.rand(shape[0], dtype=torch.float32, device=device) + 0.5
@@ -343,11 +353,9 @@ def test_cuda_bf16_engines(device, monkeypatch, engine, shape, chunk, pattern, b
 
 
 @pytest.mark.parametrize("device", CUDA_ONLY)
-@pytest.mark.parametrize("engine", ["tiles", "grouped"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_cuda_no_host_synchronisation(device, monkeypatch, engine):
-    if engine == "grouped":
-        _needs_grouped_engine()
-    monkeypatch.setenv("RADD_FAST_DCE_ENGINE", engine)
+    _set_engine(monkeypatch, engine)
     monkeypatch.setenv("RADD_FAST_DCE_CHUNK_ROWS", "128")  # several chunks, some past the row count
     h, W, b, t, w, nc = make(700, 64, 1003, None, torch.bfloat16, device, "random", seed=12)
     leaves = [x.clone().requires_grad_() for x in (h, W, b)]
@@ -372,6 +380,15 @@ def test_cuda_engine_choice_errors(device, monkeypatch):
     if torch.cuda.get_device_capability()[0] in (9, 10):  # D = 12 is not a multiple of 8
         with pytest.raises(ValueError, match="it needs D to be a multiple of 8"):
             radd_fast.linear_dce_loss(h.bfloat16(), W.bfloat16(), b.bfloat16(), t, w, impl="fused")
+        h8 = torch.randn(4, 16, device=device, dtype=torch.bfloat16)
+        W8 = torch.randn(9, 16, device=device, dtype=torch.bfloat16)
+        b8, t8, w8 = None, torch.zeros(4, dtype=torch.long, device=device), torch.ones(4, device=device)
+        for engine in ("grouped", "auto"):  # auto must not take a bad setting for a refusal of the GEMM
+            monkeypatch.setenv("RADD_FAST_DCE_ENGINE", engine)
+            monkeypatch.setenv("RADD_FAST_DCE_GRAD_H_SPLIT", "17")
+            with pytest.raises(ValueError, match="RADD_FAST_DCE_GRAD_H_SPLIT must be 1 to 16, got '17'"):
+                radd_fast.linear_dce_loss(h8, W8, b8, t8, w8, impl="fused")
+        monkeypatch.setenv("RADD_FAST_DCE_GRAD_H_SPLIT", "1")
     monkeypatch.setenv("RADD_FAST_DCE_ENGINE", "auto")  # falls back to the tile engine
     h16, W16, b16 = h.bfloat16(), W.bfloat16(), b.bfloat16()
     torch.testing.assert_close(radd_fast.linear_dce_loss(h16, W16, b16, t, w, impl="fused"),

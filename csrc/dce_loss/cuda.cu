@@ -272,6 +272,38 @@ void launch_scatter_rows(const at::BFloat16* rows, int64_t R, int64_t D, const i
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+std::vector<at::Tensor> on_side_streams(int n, const std::function<at::Tensor(int)>& make) {
+  struct Events {  // destroyed on every exit (cudaEventDestroy may be called while still pending)
+    std::vector<cudaEvent_t> e;
+    cudaEvent_t make() {
+      cudaEvent_t x;
+      C10_CUDA_CHECK(cudaEventCreateWithFlags(&x, cudaEventDisableTiming));
+      e.push_back(x);
+      return x;
+    }
+    ~Events() {
+      for (auto x : e) cudaEventDestroy(x);
+    }
+  } events;
+  const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
+  const cudaEvent_t fork = events.make();
+  C10_CUDA_CHECK(cudaEventRecord(fork, main.stream()));
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < n; ++i) {
+    const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, main.device_index());
+    C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream(), fork, 0));
+    {
+      const c10::cuda::CUDAStreamGuard guard(side);
+      out.push_back(make(i));
+    }
+    const cudaEvent_t done = events.make();
+    C10_CUDA_CHECK(cudaEventRecord(done, side.stream()));
+    C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), done, 0));
+  }
+  for (auto& t : out) t.record_stream(main);
+  return out;
+}
+
 void launch_accumulate(float* acc, const at::BFloat16* x, int64_t n, const int* valid) {
   accumulate_kernel<bf16><<<grid_for(n / 8), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
       acc, reinterpret_cast<const bf16*>(x), n / 8, valid);

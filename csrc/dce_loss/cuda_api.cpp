@@ -75,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
   const c10::cuda::CUDAGuard guard(hidden.device());
   const EngineChoice engine = choose_engine(hidden, weight);
   if (engine.grouped) {
+    grad_h_split();  // a bad RADD_FAST_DCE_GRAD_H_SPLIT raises here, not inside the guarded attempt below
     if (engine.forced)
       return grouped_forward_backward(hidden, weight, bias, target, row_weight, num_classes, want[0], want[1], want[2]);
     try {

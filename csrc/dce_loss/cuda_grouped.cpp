@@ -11,7 +11,8 @@
 //   3. one block per row: logsumexp (fp32, bias added here), loss (the target's logit recomputed
 //      in fp32 from hc and W), and the logit gradient w * (softmax - onehot) written in place over
 //      the row, in bf16
-//   4. grad_h rows = dlogits @ W[:nc] (grouped GEMM), scattered to grad_hidden[order[.]]
+//   4. grad_h rows = dlogits @ W[:nc] (grouped GEMM; RADD_FAST_DCE_GRAD_H_SPLIT: several over class
+//      slices on side streams, summed), scattered to grad_hidden[order[.]]
 //   5. grad_W[:nc] (fp32 accumulator) += dlogits^T @ hc (grouped GEMM, bf16 result per chunk; the
 //      accumulation reads the count too, so chunks past it cost no pass over the accumulator)
 //   6. grad_b[:nc] += column sums of dlogits
@@ -67,6 +68,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backw
   R = std::max<int64_t>(128, std::min(R, (N + 127) / 128 * 128));
   if (chunk_rows_override() > 0) R = chunk_rows_override();
   const int64_t chunks = (N + R - 1) / R;
+  // The hidden-gradient product's class slices: a multiple of 8 classes each (16-byte aligned).
+  const int64_t split = want_h ? std::min<int64_t>(grad_h_split(), (nc + 7) / 8) : 1;
+  const int64_t slice = ((nc + split - 1) / split + 7) / 8 * 8;
 
   const at::Tensor w_nc = weight.narrow(0, 0, nc);
   const at::Tensor b_acc = has_bias ? bias->narrow(0, 0, nc).to(at::kFloat).contiguous() : at::Tensor();
@@ -88,7 +92,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backw
                                  weight.const_data_ptr<BFloat16>(), D);
     if (!any) continue;
     if (want_h) {
-      const at::Tensor rows = grouped::grad_hidden(logits, w_nc, v);
+      at::Tensor rows;
+      if (split == 1) {
+        rows = grouped::grad_hidden(logits, w_nc, v);
+      } else {  // RADD_FAST_DCE_GRAD_H_SPLIT (dce_loss.h): class slices on side streams, summed in fp32
+        const std::vector<at::Tensor> parts = grouped::on_side_streams(int((nc + slice - 1) / slice), [&](int i) {
+          const int64_t k0 = i * slice, kn = std::min(slice, nc - k0);
+          return grouped::grad_hidden(logits.narrow(1, k0, kn), w_nc.narrow(0, k0, kn), v);
+        });
+        at::Tensor acc = parts[0].to(at::kFloat);
+        for (size_t i = 1; i < parts.size(); ++i) acc.add_(parts[i]);
+        rows = acc.to(at::kBFloat16);  // rows past the chunk's count hold garbage: never scattered
+      }
       TORCH_INTERNAL_ASSERT(rows.stride(0) == D && rows.stride(1) == 1, "unexpected grad_hidden layout");
       grouped::launch_scatter_rows(rows.const_data_ptr<BFloat16>(), R, D, ord, cnt, row0,
                                    grad_hidden.data_ptr<BFloat16>());

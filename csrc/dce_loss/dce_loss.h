@@ -21,7 +21,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <functional>
 #include <tuple>
+#include <vector>
 
 #include "common/checks.h"
 #include "common/macros.h"
@@ -118,6 +120,22 @@ inline int64_t chunk_rows_override() {
   return v > 0 ? int64_t(v) : 0;
 }
 
+// RADD_FAST_DCE_GRAD_H_SPLIT=g (1 to 16; default 1) splits the grouped engine's hidden-gradient
+// product of a chunk, dlogits (rows x classes) @ W, into g products over class slices run on g side
+// streams, summed after. Why: that product has only rows x D outputs for its 50,257-long sums -- at
+// 1,280 active rows ~30 output tiles for 132 SMs -- and the H200 profile (2026-11-30) measured it
+// at 457 us against 189 us for the logits product of the same size (SM 27 % vs 68 %). Persistent
+// GEMM blocks with no tile exit at once, so the slices' kernels can fill the SMs the first one
+// leaves idle. Opt-in until a GPU run has measured it (bench: the `fused-split4` row).
+inline int grad_h_split() {
+  const char* s = std::getenv("RADD_FAST_DCE_GRAD_H_SPLIT");
+  if (s == nullptr || *s == 0) return 1;
+  const long long v = std::atoll(s);
+  TORCH_CHECK_VALUE(v >= 1 && v <= 16, "radd_fast.linear_dce_loss: RADD_FAST_DCE_GRAD_H_SPLIT must be 1 to 16, got '",
+                    s, "'");
+  return int(v);
+}
+
 // ----------------------------------------------------------------------------- host checks
 inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -201,6 +219,11 @@ void launch_softmax_rows(at::BFloat16* logits, int64_t ld, int64_t nc, const int
 // grad_hidden[order[row0 + i]] = rows[i] (row stride D) for the chunk's active rows.
 void launch_scatter_rows(const at::BFloat16* rows, int64_t R, int64_t D, const int* order, const int* count,
                          int64_t row0, at::BFloat16* grad_hidden);
+// Runs make(i) for i in [0, n) on n side streams, each of which first waits for the work queued so
+// far on the current stream; the current stream then waits for all of them, and the tensors that
+// make returned are marked as used by it (the caching allocator then keeps them until its work is
+// done). No host synchronisation. (The CPU test runs make in a plain loop.)
+std::vector<at::Tensor> on_side_streams(int n, const std::function<at::Tensor(int)>& make);
 // acc[0:n) += x[0:n) unless *valid is 0; n a multiple of 8, both 16-byte aligned.
 void launch_accumulate(float* acc, const at::BFloat16* x, int64_t n, const int* valid);
 // grad_bias[c] += sum over the chunk's active rows of dlogits[i, c], c < nc.

@@ -52,6 +52,11 @@ void launch_scatter_rows(const at::BFloat16* rows, int64_t R, int64_t D, const i
     gpu::scatter_rows_kernel<EmuBf16, EmuBf16>(emu(rows), 1, 0, R, D, order, count, row0, emu(grad_hidden));
   });
 }
+std::vector<at::Tensor> on_side_streams(int n, const std::function<at::Tensor(int)>& make) {
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < n; ++i) out.push_back(make(i));
+  return out;
+}
 void launch_accumulate(float* acc, const at::BFloat16* x, int64_t n, const int* valid) {
   launch(EmuDim3{3, 1, 1}, 64, 0, [&] { gpu::accumulate_kernel<EmuBf16>(acc, emu(x), n / 8, valid); });
 }
@@ -74,7 +79,7 @@ double rel(const at::Tensor& got, const at::Tensor& want) {
 }
 
 void test_engine(int64_t N, int64_t D, int64_t C, int64_t nc, bool with_bias, int chunk_rows, std::array<bool, 3> want,
-                 uint64_t seed) {
+                 uint64_t seed, int grad_h_split = 1) {
   at::manual_seed(seed);
   const auto bf = at::TensorOptions().dtype(at::kBFloat16);
   at::Tensor h = at::randn({N, D}).to(at::kBFloat16);
@@ -99,9 +104,12 @@ void test_engine(int64_t N, int64_t D, int64_t C, int64_t nc, bool with_bias, in
   char buf[16];
   std::snprintf(buf, sizeof buf, "%d", chunk_rows);
   setenv("RADD_FAST_DCE_CHUNK_ROWS", buf, 1);
+  std::snprintf(buf, sizeof buf, "%d", grad_h_split);
+  setenv("RADD_FAST_DCE_GRAD_H_SPLIT", buf, 1);
   const c10::optional<at::Tensor> bias = with_bias ? c10::optional<at::Tensor>(b) : c10::nullopt;
   auto [loss, gh, gw, gb] = dce::grouped_forward_backward(h_nan, W, bias, t, w, nc, want[0], want[1], want[2]);
   unsetenv("RADD_FAST_DCE_CHUNK_ROWS");
+  unsetenv("RADD_FAST_DCE_GRAD_H_SPLIT");
 
   const double e_loss = rel(loss, rows.detach());
   EXPECT(e_loss < 2e-2, "N=%lld chunk=%d: loss rel err %g", (long long)N, chunk_rows, e_loss);
@@ -140,6 +148,11 @@ int main() {
   test_engine(45, 16, 70, 69, true, 7, {true, false, false}, 4);
   test_engine(45, 16, 70, 69, true, 16, {false, false, false}, 5);  // loss only
   test_engine(1, 8, 5, 4, true, 3, {true, true, true}, 6);           // N = 1
+  // The hidden-gradient product split over class slices (RADD_FAST_DCE_GRAD_H_SPLIT): 61 classes
+  // in slices of 24, 24, 13; 16 asked for gives slices of 8 (the least), the last of 5.
+  test_engine(45, 16, 70, 61, true, 8, {true, true, true}, 7, 3);
+  test_engine(45, 16, 70, 61, false, 45, {true, false, false}, 8, 16);
+  test_engine(1, 8, 5, 4, true, 3, {true, true, true}, 9, 2);          // one slice: 4 classes
   if (radd_fast::test::failures() == 0) std::printf("test_grouped_engine: all passed\n");
   return radd_fast::test::failures();
 }
