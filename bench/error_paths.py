@@ -122,6 +122,7 @@ def supervise(flags: list[str]) -> int:
         p = subprocess.run([sys.executable, "-X", "faulthandler", __file__, "--from", str(start), *flags],
                            capture_output=True, text=True, timeout=120, env=child_env())
         sys.stdout.write(p.stdout)
+        sys.stdout.flush()
         last = None
         for line in p.stdout.splitlines():
             m = re.match(r"case (\d+): calling (.*) \.\.\.$", line)
@@ -136,7 +137,7 @@ def supervise(flags: list[str]) -> int:
                 crashed.append(f"set-up (exit {p.returncode})")
             break
         sig = -p.returncode if p.returncode < 0 else p.returncode - 128
-        print(f"  CRASHED (signal {sig}); stderr tail:")
+        print(f"  CRASHED (signal {sig}); stderr tail:", flush=True)
         for line in [x for x in p.stderr.strip().splitlines() if not x.startswith("Extension modules")][-12:]:
             print(f"    {line}")
         if not crashed and os.environ.get("RADD_FAST_ERRORS_GDB") == "1":

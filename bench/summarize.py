@@ -99,6 +99,12 @@ def main(argv: list[str]) -> int:
         frames = [line.strip() for line in lines if line.strip().startswith("#")]
         for line in frames[:10]:  # the top of the first crash's native backtrace (cuda-gdb)
             print(f"    {line[:160]}")
+    train = out / "train_profile.log"  # bench/profile_train.py: the step's largest kernels
+    if train.exists():
+        lines = [line for line in train.read_text(errors="replace").splitlines()
+                 if line.startswith(("training step", "  "))]
+        for line in lines[:13]:
+            print(line[:150])
     variants = out / "errors_variants.log"  # bench/error_variants.sh, after a crash
     if variants.exists():
         for line in variants.read_text(errors="replace").splitlines():

@@ -47,6 +47,13 @@ def test_sanitize_cases_report_a_wrong_result(monkeypatch, capsys):
     assert "FAIL attention" in capsys.readouterr().out
 
 
+def test_profile_train_runs_small_on_the_cpu(capsys):
+    assert load_bench_script("profile_train").main(["--small", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"training step `tiny` B 2 x L 64, 3 steps: [\d.]+ ms of CPU operators", out), out
+    assert re.search(r"^ +[\d.]+ % +[\d.]+ ms/step .* aten::mm$", out, re.M), out
+
+
 @pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
 def test_profile_cases_run_small_on_the_cpu(capsys):
     assert load_bench_script("profile_cases").main(["--small", "--device", "cpu"]) == 0
@@ -81,6 +88,9 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
         "    #0  0x00007f in __cxa_throw () from /lib/libstdc++.so.6\n    #1  0x00007e in fwd_cuda ()\n"
         "case 2: calling cuda loss: z ...\n  DID NOT RAISE\ncases done: 1 did not raise\n"
         "error paths: 1 raised, 1 did not raise, 1 crashed: cuda attention: head_dim 48\n")
+    (tmp_path / "train_profile.log").write_text(
+        "USDT: noise\ntraining step `small` B 32 x L 1024, 3 steps: 80.00 ms of device kernels per step\n"
+        "   21.0 %    16.800 ms/step    12.0 calls/step  flash_bwd_kernel\nprofile_train done\n")
     (tmp_path / "errors_variants.log").write_text(
         "variant system-g++ (CPU ISA avx512, CXX /usr/bin/g++): error paths: 4 raised, 0 did not raise, 0 crashed\n")
     (tmp_path / "wgmma.log").write_text("wgmma layout A registers, B MN-major      N  64: error 1.2e+00 FAIL\n"
@@ -97,6 +107,8 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
     assert "#0  0x00007f in __cxa_throw () from /lib/libstdc++.so.6" in out
     assert "case 2: calling cuda loss: z ...: DID NOT RAISE" in out
     assert "  variant system-g++ (CPU ISA avx512, CXX /usr/bin/g++): error paths: 4 raised" in out
+    assert "training step `small` B 32 x L 1024, 3 steps: 80.00 ms of device kernels per step" in out
+    assert "   21.0 %    16.800 ms/step    12.0 calls/step  flash_bwd_kernel" in out and "USDT" not in out
     assert "wgmma stage: 1 failed, 57 passed in 30.1s" in out
     assert "  FAILED tests/test_attention.py::test_cuda_wgmma_kernels[x]" in out
     assert "  wgmma layout A registers, B MN-major      N  64: error 1.2e+00 FAIL" in out
