@@ -3,9 +3,9 @@
 # GPU, check its error paths, run the CUDA tests and benchmarks, compute-sanitizer memcheck and
 # racecheck and an Nsight Compute profile on small workloads, keep full logs, print a short table.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: the stage caps add up to 565 s (build 75, info 10, errors 25, errors_variants 45 (only
+# Budget: the stage caps add up to 565 s (build 75, info 10, errors 25, errors_variants 40 (only
 # after a crash), tests 55, bench 90, sampler 45, sampler_ref 60, memcheck 20, racecheck 35,
-# profile 15, train_profile 20, compile 40, wgmma 30); run it under a 585 s limit. On an H200 with 16 cores (2026-11-30) the stages took
+# profile 15, train_profile 25, compile 40, wgmma 30); run it under a 585 s limit. On an H200 with 16 cores (2026-11-30) the stages took
 # build 50-67 s, tests 45 s, bench 71 s, memcheck 7 s, racecheck 30 s, profile 10 s, compile 32 s,
 # wgmma 27 s.
 #   RADD_FAST_STAGES=errors,tests (say) reruns only those stages after the build;
@@ -70,7 +70,7 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
   # After a crash there: the CPU error cases against three CPU-only builds (as built, the system's
   # g++, no AVX code), which tells what to change in the build (bench/error_variants.sh).
   if want errors && grep -q "CRASHED" "$out/errors.log" 2>/dev/null; then
-    stage errors_variants 45 bash bench/error_variants.sh "$py"
+    stage errors_variants 40 bash bench/error_variants.sh "$py"
   fi
   want tests && stage tests 55 "$py" -m pytest tests -m "cuda and not wgmma" -q -rfE -p no:cacheprovider "${par[@]}" $(tmo 60) \
     --junitxml="$out/tests.xml"
@@ -114,7 +114,7 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
     status profile skipped "ncu not found"
   fi
   # The training step's device time by kernel (torch.profiler; bench/profile_train.py).
-  want profile && stage train_profile 20 "$py" bench/profile_train.py
+  want profile && stage train_profile 25 "$py" bench/profile_train.py
   # The training step with torch.compile'd blocks (compiling takes most of the stage).
   want compile && stage compile 40 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo 35) \
     --benchmark-json="$out/bench_compile.json" --benchmark-max-time=0.3 --benchmark-min-rounds=3 \

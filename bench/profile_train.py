@@ -1,7 +1,7 @@
-"""Where a training step's device time goes: torch.profiler over a few steps of the training-step
-benchmark (bench/test_train_step.py: the `small` model, bf16 autocast, batch 32 x 1,024, the
-lambda-DCE loss, fused AdamW, impl="auto"), kernels grouped by name, the largest first, each with
-its share of the profiled device time (bench/gpu_check.sh's profile stage). Issue 5's target
+"""Where a training step's device time goes: torch.profiler over two steps (after two warm-up
+steps) of the training-step benchmark (bench/test_train_step.py: the `small` model, bf16 autocast,
+batch 32 x 1,024, the lambda-DCE loss, fused AdamW, impl="auto"), kernels grouped by name, the
+largest first, each with its share of the profiled device time (bench/gpu_check.sh's profile stage). Issue 5's target
 (500k tokens/s on an H200) needs to know which of attention, the matmuls, the loss, the optimizer
 and the elementwise work to take on next.
 
@@ -62,9 +62,9 @@ def main(argv=None) -> int:
         loss.backward()
         opt.step()
 
-    for _ in range(3):  # warm-up: allocator, kernels, autotuning
+    for _ in range(2):  # warm-up: allocator, kernels, cuBLAS heuristics
         step()
-    steps = 3
+    steps = 2
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     if cuda:
         torch.cuda.synchronize()
