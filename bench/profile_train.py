@@ -1,9 +1,9 @@
 """Where a training step's device time goes: torch.profiler over two steps (after two warm-up
 steps) of the training-step benchmark (bench/test_train_step.py: the `small` model, bf16 autocast,
 batch 32 x 1,024, the lambda-DCE loss, fused AdamW, impl="auto"), kernels grouped by name, the
-largest first, each with its share of the profiled device time (bench/gpu_check.sh's profile stage). Issue 5's target
-(500k tokens/s on an H200) needs to know which of attention, the matmuls, the loss, the optimizer
-and the elementwise work to take on next.
+largest first, each with its share of the profiled device time (bench/gpu_check.sh's profile
+stage). Issue 5's target (500k tokens/s on an H200) needs to know which of attention, the matmuls,
+the loss, the optimizer and the elementwise work to take on next.
 
     python bench/profile_train.py [--small] [--device cpu]
 
