@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
             verdict = f"error paths: cut short during '{name}'"
         print(verdict)
         for i, line in enumerate(lines):
-            if "DID NOT RAISE" in line or "CRASHED" in line:
+            if "DID NOT RAISE" in line or "WRONG ERROR" in line or "CRASHED" in line:
                 print(f"  {lines[i - 1].strip()}: {line.strip()}")
         frames = [line.strip() for line in lines if line.strip().startswith("#")]
         for line in frames[:10]:  # the top of the first crash's native backtrace (cuda-gdb)

@@ -172,3 +172,50 @@ def test_cli_bad_input(case, tmp_path):
     assert msg in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert (tmp_path / "foreign" / "keep.txt").read_text() == "someone's data"  # nothing overwritten
+
+
+def top_level_args(text: str, start: int) -> list[str]:
+    """The comma-separated arguments of the call whose '(' is text[start - 1], string literals kept whole."""
+    args, depth, i, begin = [], 0, start, start
+    while True:
+        c = text[i]
+        if c in "\"'":
+            i += 1
+            while text[i] != c:
+                i += 2 if text[i] == "\\" else 1
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                return args + [text[begin:i].strip()]
+            depth -= 1
+        elif c == "," and depth == 0:
+            args.append(text[begin:i].strip())
+            begin = i + 1
+        i += 1
+
+
+def test_cpp_messages_are_not_formatted_through_iostreams():
+    """Every TORCH_CHECK* in the extension passes one message: a literal, a C string or msg(...)
+    (common/checks.h), never numbers or shapes for c10::str's ostringstream, which crashed on the
+    H200 machine (bench/RESULTS.md); and no source outside the tests uses a stringstream."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+    sources = [p for p in root.rglob("*") if p.suffix in (".cpp", ".h", ".cu", ".cuh") and "tests" not in p.parts]
+    assert len(sources) > 20
+    checks, bad = 0, []
+    for path in sources:
+        text = path.read_text()
+        if re.search(r"std::\w*stringstream|<sstream>", text):
+            bad.append(f"{path.relative_to(root)}: uses a stringstream")
+        for m in re.finditer(r"\bTORCH_CHECK(?:_VALUE|_TYPE)?\(", text):
+            args = top_level_args(text, m.end())
+            checks += 1
+            message = args[1:]
+            if len(message) > 1 or (message and not re.match(r'^("|msg\(|[A-Za-z_][A-Za-z_0-9]*$)', message[0])):
+                line = text.count("\n", 0, m.start()) + 1
+                bad.append(f"{path.relative_to(root)}:{line}: {' '.join(args[1:])[:80]}")
+    assert checks > 50
+    assert not bad, "numbers formatted through an iostream:\n" + "\n".join(bad)

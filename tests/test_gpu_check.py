@@ -136,6 +136,10 @@ def test_error_paths_isolate_a_crash(monkeypatch, capfd):
     script = Path(E.__file__).read_text().replace(
         '    yield "cpu attention:', '    import ctypes\n    yield "null read", lambda: ctypes.string_at(0)\n'
         '    yield "cpu attention:', 1)
+    # A case that raises an unclear error type, and one that ends its process without a verdict.
+    script = script.replace(
+        '    yield "cpu loss:', '    yield "wrong error", lambda: getattr(object(), "x")\n'
+        '    yield "silent exit", lambda: os._exit(1)\n    yield "cpu loss:', 1)
     copy = ROOT / "bench" / "_error_paths_crash_test.py"  # beside the original: same repository root
     copy.write_text(script)
     try:
@@ -145,8 +149,10 @@ def test_error_paths_isolate_a_crash(monkeypatch, capfd):
         copy.unlink()
     out = capfd.readouterr().out
     assert "case 2: calling null read ...\n  CRASHED (signal 11)" in out
-    assert "case 3: calling cpu attention" in out and "case 4: calling cpu loss" in out
-    assert re.search(r"error paths: \d+ raised, 0 did not raise, 1 crashed: null read", out), out
+    assert "case 4: calling wrong error ...\n  WRONG ERROR AttributeError" in out
+    assert "case 5: calling silent exit ...\n  CRASHED (exit 1, no verdict)" in out
+    assert "case 3: calling cpu attention" in out and "case 6: calling cpu loss" in out
+    assert re.search(r"error paths: \d+ raised, 1 did not raise, 2 crashed: null read; silent exit", out), out
 
 
 def test_gpu_check_scripts_parse():

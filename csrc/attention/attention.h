@@ -138,9 +138,9 @@ RADD_HD T softmax_grad(T p, T dp, T delta) {
 // Shapes, dtypes, devices and layouts common to the CPU and CUDA entry points. The CUDA entry adds
 // its head_dim restriction. Messages name the argument (see common/checks.h).
 inline void check_qkv_layout(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.numel() == 0 || t.size(3) <= 1 || t.stride(3) == 1, "radd_fast.", op, ": '", name,
-                    "' must be contiguous in its last dim (head_dim); got strides ", t.strides(), " for shape ",
-                    t.sizes(), " (call .contiguous() first)");
+  TORCH_CHECK_VALUE(t.numel() == 0 || t.size(3) <= 1 || t.stride(3) == 1,
+                    msg("radd_fast.", op, ": '", name, "' must be contiguous in its last dim (head_dim); got strides ",
+                        t.strides(), " for shape ", t.sizes(), " (call .contiguous() first)"));
 }
 
 inline void check_mask_args(const at::Tensor& q, const c10::optional<at::Tensor>& key_padding_mask,
@@ -149,15 +149,16 @@ inline void check_mask_args(const at::Tensor& q, const c10::optional<at::Tensor>
   if (key_padding_mask.has_value()) {
     const auto& m = *key_padding_mask;
     check_same_device(q, m, op, "q", "key_padding_mask");
-    TORCH_CHECK_VALUE(m.dim() == 2 && m.size(0) == B && m.size(1) == L, "radd_fast.", op,
-                      ": 'key_padding_mask' must have shape (B, L) = (", B, ", ", L, "), got ", m.sizes());
+    TORCH_CHECK_VALUE(
+        m.dim() == 2 && m.size(0) == B && m.size(1) == L,
+        msg("radd_fast.", op, ": 'key_padding_mask' must have shape (B, L) = (", B, ", ", L, "), got ", m.sizes()));
     check_dtype(m, {at::kBool}, op, "key_padding_mask");
   }
   if (order.has_value()) {
     const auto& o = *order;
     check_same_device(q, o, op, "q", "order");
-    TORCH_CHECK_VALUE(o.dim() == 2 && o.size(0) == B && o.size(1) == L, "radd_fast.", op,
-                      ": 'order' must have shape (B, L) = (", B, ", ", L, "), got ", o.sizes());
+    TORCH_CHECK_VALUE(o.dim() == 2 && o.size(0) == B && o.size(1) == L,
+                      msg("radd_fast.", op, ": 'order' must have shape (B, L) = (", B, ", ", L, "), got ", o.sizes()));
     check_dtype(o, {at::kInt, at::kLong}, op, "order");
   }
 }
@@ -172,17 +173,18 @@ inline void check_fwd_args(const at::Tensor& q, const at::Tensor& k, const at::T
   check_dtype(q, {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}, op, "q");
   for (const auto* t : {&k, &v}) {
     const char* name = t == &k ? "k" : "v";
-    TORCH_CHECK_VALUE(t->sizes() == q.sizes(), "radd_fast.", op, ": '", name, "' must have the shape of 'q' (",
-                      q.sizes(), "), got ", t->sizes());
+    TORCH_CHECK_VALUE(t->sizes() == q.sizes(), msg("radd_fast.", op, ": '", name, "' must have the shape of 'q' (",
+                                                   q.sizes(), "), got ", t->sizes()));
     check_same_dtype(q, *t, op, "q", name);
     check_same_device(q, *t, op, "q", name);
   }
-  TORCH_CHECK_VALUE(q.size(3) > 0, "radd_fast.", op, ": 'q' head_dim (last dim) must be positive, got ", q.sizes());
+  TORCH_CHECK_VALUE(q.size(3) > 0,
+                    msg("radd_fast.", op, ": 'q' head_dim (last dim) must be positive, got ", q.sizes()));
   check_qkv_layout(q, op, "q");
   check_qkv_layout(k, op, "k");
   check_qkv_layout(v, op, "v");
   check_mask_args(q, key_padding_mask, order, op);
-  TORCH_CHECK_VALUE(std::isfinite(scale), "radd_fast.", op, ": 'scale' must be finite, got ", scale);
+  TORCH_CHECK_VALUE(std::isfinite(scale), msg("radd_fast.", op, ": 'scale' must be finite, got ", scale));
 }
 
 // The accumulation (and lse) dtype for inputs of dtype t.
@@ -196,8 +198,8 @@ inline void check_bwd_args(const at::Tensor& grad_out, const at::Tensor& q, cons
   for (const auto* t : {&grad_out, &out}) {
     const char* name = t == &grad_out ? "grad_out" : "out";
     check_defined(*t, op, name);
-    TORCH_CHECK_VALUE(t->sizes() == q.sizes(), "radd_fast.", op, ": '", name, "' must have the shape of 'q' (",
-                      q.sizes(), "), got ", t->sizes());
+    TORCH_CHECK_VALUE(t->sizes() == q.sizes(), msg("radd_fast.", op, ": '", name, "' must have the shape of 'q' (",
+                                                   q.sizes(), "), got ", t->sizes()));
     check_same_dtype(q, *t, op, "q", name);
     check_same_device(q, *t, op, "q", name);
     check_qkv_layout(*t, op, name);
@@ -209,10 +211,12 @@ inline void check_bwd_args(const at::Tensor& grad_out, const at::Tensor& q, cons
     const char* name = t == &lse ? "lse" : "grad_lse";
     check_defined(*t, op, name);
     check_same_device(q, *t, op, "q", name);
-    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(lse_shape), "radd_fast.", op, ": '", name,
-                      "' must have shape (B, heads, L) = ", at::IntArrayRef(lse_shape), ", got ", t->sizes());
-    TORCH_CHECK_TYPE(t->scalar_type() == adt, "radd_fast.", op, ": '", name, "' must have dtype ", dtype_name(adt),
-                     " for ", dtype_name(q.scalar_type()), " inputs, got ", dtype_name(t->scalar_type()));
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(lse_shape),
+                      msg("radd_fast.", op, ": '", name,
+                          "' must have shape (B, heads, L) = ", at::IntArrayRef(lse_shape), ", got ", t->sizes()));
+    TORCH_CHECK_TYPE(t->scalar_type() == adt,
+                     msg("radd_fast.", op, ": '", name, "' must have dtype ", dtype_name(adt), " for ",
+                         dtype_name(q.scalar_type()), " inputs, got ", dtype_name(t->scalar_type())));
   }
 }
 

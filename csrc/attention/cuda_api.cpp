@@ -18,11 +18,11 @@ namespace {
 void check_cuda_args(const at::Tensor& q, const char* op) {
   check_device_type(q, c10::DeviceType::CUDA, op, "q");
   const int64_t D = q.size(3);
-  TORCH_CHECK_VALUE(D == 32 || D == 64 || D == 128, "radd_fast.", op,
-                    ": head_dim (last dim of 'q') must be 32, 64 or 128 on CUDA, got ", D);
+  TORCH_CHECK_VALUE(D == 32 || D == 64 || D == 128,
+                    msg("radd_fast.", op, ": head_dim (last dim of 'q') must be 32, 64 or 128 on CUDA, got ", D));
   // One thread block per (batch, head, query tile) at most B * heads * L: grids stay below 2^31.
-  TORCH_CHECK_VALUE(q.size(0) * q.size(1) * q.size(2) < (int64_t(1) << 31), "radd_fast.", op,
-                    ": B * L * heads must be below 2^31 on CUDA, got shape ", q.sizes());
+  TORCH_CHECK_VALUE(q.size(0) * q.size(1) * q.size(2) < (int64_t(1) << 31),
+                    msg("radd_fast.", op, ": B * L * heads must be below 2^31 on CUDA, got shape ", q.sizes()));
 }
 
 int smem_limit(const at::Tensor& q) {
@@ -35,9 +35,10 @@ int smem_limit(const at::Tensor& q) {
 void check_smem(const at::Tensor& q, bool backward, TcKernel kernel, const char* op) {
   const int limit = smem_limit(q);
   const size_t bytes = smem_bytes(q.scalar_type(), q.size(3), backward, kernel);
-  TORCH_CHECK_VALUE(bytes <= static_cast<size_t>(limit), "radd_fast.", op, ": ", dtype_name(q.scalar_type()),
-                    " at head_dim ", q.size(3), " needs ", bytes, " bytes of shared memory per block; this GPU allows ",
-                    limit, " (use float32 or bfloat16)");
+  TORCH_CHECK_VALUE(
+      bytes <= static_cast<size_t>(limit),
+      msg("radd_fast.", op, ": ", dtype_name(q.scalar_type()), " at head_dim ", q.size(3), " needs ", bytes,
+          " bytes of shared memory per block; this GPU allows ", limit, " (use float32 or bfloat16)"));
 }
 
 // The tensor-core kernels of the bf16 / fp16 passes, from settings read on every call (a getenv each):
@@ -51,12 +52,13 @@ void check_smem(const at::Tensor& q, bool backward, TcKernel kernel, const char*
 bool use_wgmma(const at::Tensor& q, const char* var, const char* op) {
   const char* env = std::getenv(var);
   const std::string engine = env && *env ? env : "auto";
-  TORCH_CHECK_VALUE(engine == "auto" || engine == "mma" || engine == "wgmma", "radd_fast.", op, ": ", var,
-                    " must be 'auto', 'mma' or 'wgmma', got '", engine, "'");
+  TORCH_CHECK_VALUE(engine == "auto" || engine == "mma" || engine == "wgmma",
+                    msg("radd_fast.", op, ": ", var, " must be 'auto', 'mma' or 'wgmma', got '", engine, "'"));
   if (engine != "wgmma") return false;
-  TORCH_CHECK_VALUE(wgmma_available(q.get_device()), "radd_fast.", op, ": ", var,
-                    "=wgmma needs a compute capability 9.0 GPU (H100 / H200) and a build with sm_90a code "
-                    "(TORCH_CUDA_ARCH_LIST=9.0a); this device or build has none");
+  TORCH_CHECK_VALUE(wgmma_available(q.get_device()),
+                    msg("radd_fast.", op, ": ", var,
+                        "=wgmma needs a compute capability 9.0 GPU (H100 / H200) and a build with sm_90a code "
+                        "(TORCH_CUDA_ARCH_LIST=9.0a); this device or build has none"));
   return true;
 }
 
@@ -69,12 +71,13 @@ TcKernel forward_kernel(const at::Tensor& q, const char* op) {
   const bool wgmma = use_wgmma(q, "RADD_FAST_ATTENTION_FORWARD", op);
   const char* tile_env = std::getenv("RADD_FAST_ATTENTION_QUERY_TILE");
   const std::string tile = tile_env && *tile_env ? tile_env : "auto";
-  TORCH_CHECK_VALUE(tile == "auto" || tile == "64", "radd_fast.", op,
-                    ": RADD_FAST_ATTENTION_QUERY_TILE must be 'auto' or '64', got '", tile, "'");
+  TORCH_CHECK_VALUE(tile == "auto" || tile == "64",
+                    msg("radd_fast.", op, ": RADD_FAST_ATTENTION_QUERY_TILE must be 'auto' or '64', got '", tile, "'"));
   if (wgmma) {
-    TORCH_CHECK_VALUE(tile == "auto", "radd_fast.", op,
-                      ": RADD_FAST_ATTENTION_QUERY_TILE=64 applies to the mma forward; the wgmma forward "
-                      "(RADD_FAST_ATTENTION_FORWARD=wgmma) sizes its own blocks");
+    TORCH_CHECK_VALUE(tile == "auto",
+                      msg("radd_fast.", op,
+                          ": RADD_FAST_ATTENTION_QUERY_TILE=64 applies to the mma forward; the wgmma forward "
+                          "(RADD_FAST_ATTENTION_FORWARD=wgmma) sizes its own blocks"));
     return TcKernel::kWgmma;
   }
   return tile == "auto" && q.size(3) <= 64 ? TcKernel::kMma128 : TcKernel::kMma64;

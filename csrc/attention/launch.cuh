@@ -12,7 +12,7 @@
 namespace radd_fast::attention::cuda {
 
 inline int64_t grid_size(int64_t n) {
-  TORCH_CHECK(n < (int64_t(1) << 31), "radd_fast.masked_attention: problem too large (", n, " thread blocks)");
+  TORCH_CHECK(n < (int64_t(1) << 31), msg("radd_fast.masked_attention: problem too large (", n, " thread blocks)"));
   return n;
 }
 
@@ -23,7 +23,8 @@ inline void with_head_dim(int64_t D, F&& f) {
     case 32: return f(std::integral_constant<int, 32>{});
     case 64: return f(std::integral_constant<int, 64>{});
     case 128: return f(std::integral_constant<int, 128>{});
-    default: TORCH_CHECK(false, "radd_fast: unsupported head_dim ", D);  // check_head_dim ran first
+    default:
+      TORCH_CHECK(false, msg("radd_fast: unsupported head_dim ", D));  // check_head_dim ran first
   }
 }
 

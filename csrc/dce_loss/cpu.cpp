@@ -36,9 +36,11 @@ namespace {
 template <typename acc_t>
 void check_values(const int64_t* tgt, const acc_t* w, int64_t N, int64_t nc) {
   for (int64_t r = 0; r < N; ++r) {
-    TORCH_CHECK_VALUE(tgt[r] >= 0 && tgt[r] < nc, "radd_fast.", kOp, ": 'target' values must be in [0, num_classes) = [0, ",
-                      nc, "), got ", tgt[r], " at row ", r);
-    TORCH_CHECK_VALUE(std::isfinite(w[r]), "radd_fast.", kOp, ": 'row_weight' must be finite, got ", w[r], " at row ", r);
+    TORCH_CHECK_VALUE(tgt[r] >= 0 && tgt[r] < nc,
+                      msg("radd_fast.", kOp, ": 'target' values must be in [0, num_classes) = [0, ", nc, "), got ",
+                          tgt[r], " at row ", r));
+    TORCH_CHECK_VALUE(std::isfinite(w[r]),
+                      msg("radd_fast.", kOp, ": 'row_weight' must be finite, got ", w[r], " at row ", r));
   }
 }
 

@@ -99,7 +99,7 @@ template <typename T, bool A_KMAJOR, bool B_KMAJOR, class Epi>
 void launch_gemm(const GemmArgs<T>& a, const Epi& epi, int64_t m_max, int splits, cudaStream_t stream) {
   using TL = Tile<T>;
   const int64_t gy = ceil_div(a.N, TL::BN);
-  TORCH_CHECK(gy <= 65535, "radd_fast.", kOp, ": too many columns for the CUDA kernel (", a.N, ")");
+  TORCH_CHECK(gy <= 65535, msg("radd_fast.", kOp, ": too many columns for the CUDA kernel (", a.N, ")"));
   const dim3 grid(unsigned(ceil_div(m_max, TL::BM)), unsigned(gy), unsigned(splits));
   if (grid.x == 0 || grid.y == 0) return;
   auto kernel = gpu::gemm_kernel<T, A_KMAJOR, B_KMAJOR, Epi>;

@@ -28,9 +28,10 @@ void check_cuda_args(const at::Tensor& hidden, const at::Tensor& weight, const c
   if (dt != at::kBFloat16 && dt != at::kHalf) return;
   int major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, hidden.get_device()));
-  TORCH_CHECK_VALUE(major >= 8, "radd_fast.", kOp, ": 'hidden' of dtype ", dtype_name(dt),
-                    " needs compute capability 8.0 or newer on CUDA (tensor-core bf16/fp16), this device has ", major,
-                    ".x; use float32");
+  TORCH_CHECK_VALUE(
+      major >= 8, msg("radd_fast.", kOp, ": 'hidden' of dtype ", dtype_name(dt),
+                      " needs compute capability 8.0 or newer on CUDA (tensor-core bf16/fp16), this device has ", major,
+                      ".x; use float32"));
 }
 
 // Which engine runs the matmuls. RADD_FAST_DCE_ENGINE (read on every call, a getenv):
@@ -50,8 +51,9 @@ std::atomic<bool> grouped_refused{false};
 EngineChoice choose_engine(const at::Tensor& hidden, const at::Tensor& weight) {
   const char* env = std::getenv("RADD_FAST_DCE_ENGINE");
   const std::string choice = env == nullptr || *env == 0 ? "auto" : env;
-  TORCH_CHECK_VALUE(choice == "auto" || choice == "grouped" || choice == "tiles", "radd_fast.", kOp,
-                    ": RADD_FAST_DCE_ENGINE must be 'auto', 'grouped' or 'tiles', got '", choice, "'");
+  TORCH_CHECK_VALUE(
+      choice == "auto" || choice == "grouped" || choice == "tiles",
+      msg("radd_fast.", kOp, ": RADD_FAST_DCE_ENGINE must be 'auto', 'grouped' or 'tiles', got '", choice, "'"));
   const bool forced = choice == "grouped";
   if (choice == "tiles" || (!forced && grouped_refused.load())) return {false, false};
   int major = 0;
@@ -62,8 +64,8 @@ EngineChoice choose_engine(const at::Tensor& hidden, const at::Tensor& weight) {
                     : hidden.size(1) % 8 != 0             ? "it needs D to be a multiple of 8"
                     : !aligned(hidden) || !aligned(weight) ? "it needs 16-byte aligned 'hidden' and 'weight'"
                                                            : nullptr;
-  TORCH_CHECK_VALUE(why == nullptr || !forced, "radd_fast.", kOp, ": RADD_FAST_DCE_ENGINE=grouped cannot run this call: ",
-                    why ? why : "");
+  TORCH_CHECK_VALUE(why == nullptr || !forced,
+                    msg("radd_fast.", kOp, ": RADD_FAST_DCE_ENGINE=grouped cannot run this call: ", why ? why : ""));
   return {why == nullptr, forced};
 }
 

@@ -131,8 +131,8 @@ inline int grad_h_split() {
   const char* s = std::getenv("RADD_FAST_DCE_GRAD_H_SPLIT");
   if (s == nullptr || *s == 0) return 1;
   const long long v = std::atoll(s);
-  TORCH_CHECK_VALUE(v >= 1 && v <= 16, "radd_fast.linear_dce_loss: RADD_FAST_DCE_GRAD_H_SPLIT must be 1 to 16, got '",
-                    s, "'");
+  TORCH_CHECK_VALUE(v >= 1 && v <= 16,
+                    msg("radd_fast.linear_dce_loss: RADD_FAST_DCE_GRAD_H_SPLIT must be 1 to 16, got '", s, "'"));
   return int(v);
 }
 
@@ -150,38 +150,39 @@ inline void check_args(const at::Tensor& hidden, const at::Tensor& weight, const
   check_defined(row_weight, op, "row_weight");
   check_dim(hidden, 2, op, "hidden", "(N, D)");
   const int64_t N = hidden.size(0), D = hidden.size(1);
-  TORCH_CHECK_VALUE(N >= 1, "radd_fast.", op, ": 'hidden' must have at least one row, got shape ", hidden.sizes());
-  TORCH_CHECK_VALUE(D >= 1, "radd_fast.", op, ": 'hidden' must have D >= 1 features, got shape ", hidden.sizes());
-  TORCH_CHECK_VALUE(N < (int64_t(1) << 31), "radd_fast.", op, ": 'hidden' has ", N, " rows; at most 2^31 - 1 are supported");
+  TORCH_CHECK_VALUE(N >= 1, msg("radd_fast.", op, ": 'hidden' must have at least one row, got shape ", hidden.sizes()));
+  TORCH_CHECK_VALUE(D >= 1, msg("radd_fast.", op, ": 'hidden' must have D >= 1 features, got shape ", hidden.sizes()));
+  TORCH_CHECK_VALUE(N < (int64_t(1) << 31),
+                    msg("radd_fast.", op, ": 'hidden' has ", N, " rows; at most 2^31 - 1 are supported"));
   check_dtype(hidden, {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}, op, "hidden");
   check_contiguous(hidden, op, "hidden");
   check_same_device(hidden, weight, op, "hidden", "weight");
   check_dim(weight, 2, op, "weight", "(C, D)");
-  TORCH_CHECK_VALUE(weight.size(1) == D, "radd_fast.", op, ": 'weight' must have shape (C, D) with D = ", D,
-                    " (the last dim of 'hidden'), got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(1) == D, msg("radd_fast.", op, ": 'weight' must have shape (C, D) with D = ", D,
+                                             " (the last dim of 'hidden'), got ", weight.sizes()));
   const int64_t C = weight.size(0);
-  TORCH_CHECK_VALUE(C >= 1, "radd_fast.", op, ": 'weight' must have at least one row, got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(C >= 1, msg("radd_fast.", op, ": 'weight' must have at least one row, got shape ", weight.sizes()));
   check_same_dtype(hidden, weight, op, "hidden", "weight");
   check_contiguous(weight, op, "weight");
   if (bias.has_value() && bias->defined()) {
     check_same_device(hidden, *bias, op, "hidden", "bias");
     check_dim(*bias, 1, op, "bias", "(C,)");
-    TORCH_CHECK_VALUE(bias->size(0) == C, "radd_fast.", op, ": 'bias' must have shape (C,) with C = ", C,
-                      " (the rows of 'weight'), got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->size(0) == C, msg("radd_fast.", op, ": 'bias' must have shape (C,) with C = ", C,
+                                              " (the rows of 'weight'), got ", bias->sizes()));
     check_same_dtype(hidden, *bias, op, "hidden", "bias");
     check_contiguous(*bias, op, "bias");
   }
-  TORCH_CHECK_VALUE(num_classes >= 1 && num_classes <= C, "radd_fast.", op, ": 'num_classes' must be in [1, C] = [1, ",
-                    C, "], got ", num_classes);
+  TORCH_CHECK_VALUE(num_classes >= 1 && num_classes <= C,
+                    msg("radd_fast.", op, ": 'num_classes' must be in [1, C] = [1, ", C, "], got ", num_classes));
   check_same_device(hidden, target, op, "hidden", "target");
   check_dim(target, 1, op, "target", "(N,)");
-  TORCH_CHECK_VALUE(target.size(0) == N, "radd_fast.", op, ": 'target' must have shape (N,) with N = ", N,
-                    " (the rows of 'hidden'), got ", target.sizes());
+  TORCH_CHECK_VALUE(target.size(0) == N, msg("radd_fast.", op, ": 'target' must have shape (N,) with N = ", N,
+                                             " (the rows of 'hidden'), got ", target.sizes()));
   check_dtype(target, {at::kLong}, op, "target");
   check_same_device(hidden, row_weight, op, "hidden", "row_weight");
   check_dim(row_weight, 1, op, "row_weight", "(N,)");
-  TORCH_CHECK_VALUE(row_weight.size(0) == N, "radd_fast.", op, ": 'row_weight' must have shape (N,) with N = ", N,
-                    " (the rows of 'hidden'), got ", row_weight.sizes());
+  TORCH_CHECK_VALUE(row_weight.size(0) == N, msg("radd_fast.", op, ": 'row_weight' must have shape (N,) with N = ", N,
+                                                 " (the rows of 'hidden'), got ", row_weight.sizes()));
   check_dtype(row_weight, {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}, op, "row_weight");
 }
 

@@ -71,13 +71,14 @@ inline void check_args(const at::Tensor& masked, const at::Tensor& cdf, int64_t 
   check_contiguous(cdf, op, "step_cdf");
   check_same_device(masked, cdf, op, "masked", "step_cdf");
   const int64_t B = masked.size(0), L = masked.size(1), n = cdf.size(0);
-  TORCH_CHECK_VALUE(n >= 1 && n <= std::numeric_limits<int32_t>::max(), "radd_fast.", op,
-                    ": 'step_cdf' must have between 1 and 2^31 - 1 entries (one per step), got ", n);
+  TORCH_CHECK_VALUE(
+      n >= 1 && n <= std::numeric_limits<int32_t>::max(),
+      msg("radd_fast.", op, ": 'step_cdf' must have between 1 and 2^31 - 1 entries (one per step), got ", n));
   // Keys (event, rank, position) must fit in int64 with room to spare.
   const double keys = double(num_rounds(n, L) + 1) * double(B) * double(L);
-  TORCH_CHECK_VALUE(keys < 0x1p62, "radd_fast.", op, ": batch ", B, " x length ", L,
-                    " is too large for the schedule's int64 sort keys");
-  TORCH_CHECK_VALUE(offset >= 0, "radd_fast.", op, ": 'offset' must be >= 0, got ", offset);
+  TORCH_CHECK_VALUE(keys < 0x1p62, msg("radd_fast.", op, ": batch ", B, " x length ", L,
+                                       " is too large for the schedule's int64 sort keys"));
+  TORCH_CHECK_VALUE(offset >= 0, msg("radd_fast.", op, ": 'offset' must be >= 0, got ", offset));
 }
 
 // CUDA launcher (cuda.cu), called only by the entry point in cuda_api.cpp (host compiler) after

@@ -31,10 +31,11 @@ inline void check_args(const at::Tensor& qkv, const at::Tensor& cos, const at::T
   check_defined(cos, op, "cos");
   check_defined(sin, op, "sin");
   check_dim(qkv, 5, op, "qkv", "(B, L, 3, heads, head_dim)");
-  TORCH_CHECK_VALUE(qkv.size(2) == 3, "radd_fast.", op,
-                    ": 'qkv' must have shape (B, L, 3, heads, head_dim) with 3 = (q, k, v), got ", qkv.sizes());
+  TORCH_CHECK_VALUE(qkv.size(2) == 3,
+                    msg("radd_fast.", op, ": 'qkv' must have shape (B, L, 3, heads, head_dim) with 3 = (q, k, v), got ",
+                        qkv.sizes()));
   const int64_t D = qkv.size(4);
-  TORCH_CHECK_VALUE(D > 0 && D % 2 == 0, "radd_fast.", op, ": 'qkv' head_dim (last dim) must be even, got ", D);
+  TORCH_CHECK_VALUE(D > 0 && D % 2 == 0, msg("radd_fast.", op, ": 'qkv' head_dim (last dim) must be even, got ", D));
   check_dtype(qkv, {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}, op, "qkv");
   check_contiguous(qkv, op, "qkv");
   const auto tdt = table_dtype(qkv.scalar_type());
@@ -42,12 +43,13 @@ inline void check_args(const at::Tensor& qkv, const at::Tensor& cos, const at::T
     const char* name = t == &cos ? "cos" : "sin";
     check_same_device(qkv, *t, op, "qkv", name);
     check_dim(*t, 2, op, name, "(seq_len >= L, head_dim / 2)");
-    TORCH_CHECK_VALUE(t->size(0) >= qkv.size(1) && t->size(1) == D / 2, "radd_fast.", op, ": '", name,
-                      "' must have shape (seq_len >= ", qkv.size(1), ", ", D / 2, ") for qkv of shape ",
-                      qkv.sizes(), ", got ", t->sizes());
-    TORCH_CHECK_TYPE(t->scalar_type() == tdt, "radd_fast.", op, ": '", name, "' must be ", dtype_name(tdt), " for ",
-                     dtype_name(qkv.scalar_type()), " qkv (tables are kept in fp32, fp64 for fp64 inputs), got ",
-                     dtype_name(t->scalar_type()));
+    TORCH_CHECK_VALUE(t->size(0) >= qkv.size(1) && t->size(1) == D / 2,
+                      msg("radd_fast.", op, ": '", name, "' must have shape (seq_len >= ", qkv.size(1), ", ", D / 2,
+                          ") for qkv of shape ", qkv.sizes(), ", got ", t->sizes()));
+    TORCH_CHECK_TYPE(
+        t->scalar_type() == tdt,
+        msg("radd_fast.", op, ": '", name, "' must be ", dtype_name(tdt), " for ", dtype_name(qkv.scalar_type()),
+            " qkv (tables are kept in fp32, fp64 for fp64 inputs), got ", dtype_name(t->scalar_type())));
     check_contiguous(*t, op, name);
   }
 }

@@ -154,10 +154,12 @@ struct Params {
 };
 
 inline void check_filter_args(double temperature, int64_t top_k, double top_p, const char* op) {
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, "radd_fast.", op,
-                    ": 'temperature' must be a finite number > 0 (use greedy=True for argmax), got ", temperature);
-  TORCH_CHECK_VALUE(top_k >= 0, "radd_fast.", op, ": 'top_k' must be >= 0 (0 = off), got ", top_k);
-  TORCH_CHECK_VALUE(top_p > 0 && top_p <= 1, "radd_fast.", op, ": 'top_p' must be in (0, 1] (1 = off), got ", top_p);
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0,
+                    msg("radd_fast.", op,
+                        ": 'temperature' must be a finite number > 0 (use greedy=True for argmax), got ", temperature));
+  TORCH_CHECK_VALUE(top_k >= 0, msg("radd_fast.", op, ": 'top_k' must be >= 0 (0 = off), got ", top_k));
+  TORCH_CHECK_VALUE(top_p > 0 && top_p <= 1,
+                    msg("radd_fast.", op, ": 'top_p' must be in (0, 1] (1 = off), got ", top_p));
 }
 
 inline void check_sample_rows_args(const at::Tensor& hidden, const at::Tensor& weight,
@@ -172,20 +174,23 @@ inline void check_sample_rows_args(const at::Tensor& hidden, const at::Tensor& w
   check_same_device(hidden, weight, op, "hidden", "weight");
   check_contiguous(hidden, op, "hidden");
   check_contiguous(weight, op, "weight");
-  TORCH_CHECK_VALUE(weight.size(1) == hidden.size(1), "radd_fast.", op, ": 'weight' must have shape (classes, ",
-                    hidden.size(1), ") for hidden of shape ", hidden.sizes(), ", got ", weight.sizes());
-  TORCH_CHECK_VALUE(num_classes >= 1 && num_classes <= weight.size(0), "radd_fast.", op,
-                    ": 'num_classes' must be in [1, ", weight.size(0), "] (rows of 'weight'), got ", num_classes);
+  TORCH_CHECK_VALUE(weight.size(1) == hidden.size(1),
+                    msg("radd_fast.", op, ": 'weight' must have shape (classes, ", hidden.size(1),
+                        ") for hidden of shape ", hidden.sizes(), ", got ", weight.sizes()));
+  TORCH_CHECK_VALUE(num_classes >= 1 && num_classes <= weight.size(0),
+                    msg("radd_fast.", op, ": 'num_classes' must be in [1, ", weight.size(0),
+                        "] (rows of 'weight'), got ", num_classes));
   if (bias.has_value() && bias->defined()) {
     check_dim(*bias, 1, op, "bias", "(classes,)");
     check_same_dtype(hidden, *bias, op, "hidden", "bias");
     check_same_device(hidden, *bias, op, "hidden", "bias");
     check_contiguous(*bias, op, "bias");
-    TORCH_CHECK_VALUE(bias->size(0) == weight.size(0), "radd_fast.", op, ": 'bias' must have shape (",
-                      weight.size(0), ",) to match 'weight', got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->size(0) == weight.size(0),
+                      msg("radd_fast.", op, ": 'bias' must have shape (", weight.size(0), ",) to match 'weight', got ",
+                          bias->sizes()));
   }
   check_filter_args(temperature, top_k, top_p, op);
-  TORCH_CHECK_VALUE(offset >= 0, "radd_fast.", op, ": 'offset' must be >= 0, got ", offset);
+  TORCH_CHECK_VALUE(offset >= 0, msg("radd_fast.", op, ": 'offset' must be >= 0, got ", offset));
 }
 
 inline void check_filter_logits_args(const at::Tensor& logits, double temperature, int64_t top_k, double top_p,
