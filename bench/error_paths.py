@@ -58,6 +58,9 @@ def cases(cuda: bool):
     yield "cuda attention: RADD_FAST_ATTENTION_FORWARD=tma", lambda: with_env(
         "RADD_FAST_ATTENTION_FORWARD", "tma", lambda: ops.masked_attention_fwd(qb, qb, qb, None, None, False, 1.0))
     ob, lb = ops.masked_attention_fwd(qb, qb, qb, None, None, False, 1.0)
+    yield "cuda attention: RADD_FAST_ATTENTION_KEY_TILE=256", lambda: with_env(
+        "RADD_FAST_ATTENTION_KEY_TILE", "256",
+        lambda: ops.masked_attention_bwd(qb, qb, qb, qb, ob, lb, None, None, None, False, 1.0))
     yield "cuda attention: RADD_FAST_ATTENTION_BACKWARD=tma", lambda: with_env(
         "RADD_FAST_ATTENTION_BACKWARD", "tma",
         lambda: ops.masked_attention_bwd(qb, qb, qb, qb, ob, lb, None, None, None, False, 1.0))

@@ -59,7 +59,7 @@ def run_case(bench, device, dtype, shape, kind, impl, pass_):
 
         def forward():
             return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
-    elif impl in ("fused", "fused-q64", "fused-wgmma"):  # the caller set the variants' environment
+    elif impl in ("fused", "fused-q64", "fused-k128", "fused-wgmma"):  # the caller set the variants' environment
         def forward():
             return radd_fast.masked_attention(q, k, v, pad, order, impl="fused")
     else:
@@ -119,6 +119,15 @@ def test_attention_cuda_q64(bench, device, kind, monkeypatch):
     # default 128-query blocks (head_dim 64): what the larger block is worth on this GPU.
     monkeypatch.setenv("RADD_FAST_ATTENTION_QUERY_TILE", "64")
     run_case(bench, device, torch.bfloat16, CUDA_SHAPES[0], kind, "fused-q64", "fwd")
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"D{s[3]}")
+def test_attention_cuda_k128(bench, device, shape, monkeypatch):
+    # The bf16 backward on 128-key blocks (RADD_FAST_ATTENTION_KEY_TILE=128) in the groups of the
+    # default 64-key blocks: what halving the dQ atomics and Q / dO loads per FLOP is worth here.
+    monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
+    run_case(bench, device, torch.bfloat16, shape, "bidirectional", "fused-k128", "bwd")
 
 
 @pytest.mark.wgmma

@@ -449,6 +449,43 @@ def test_cuda_bf16_forward_query_tiles(device, monkeypatch, D, pattern, tile):
 
 
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("pattern", ["none", "causal", "any_order"])
+def test_cuda_bf16_backward_key_tiles(device, monkeypatch, D, pattern):
+    # The bf16 backward on 128-key blocks (RADD_FAST_ATTENTION_KEY_TILE=128, 8 warps) against the
+    # float64 reference and against the default 64-key blocks. L = 200: a last block with one warp
+    # group past L; causal: warps whose keys a query tile sees beside warps whose keys it does not.
+    B, L, H = 2, 200, 3
+    q, k, v = qkv(B, L, H, D, torch.bfloat16, device)
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, "empty_row")
+    out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+    grad = torch.randn_like(out)
+    grads = {}
+    for tile in ("64", "128"):
+        monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", tile)
+        grads[tile] = radd_fast.ops.masked_attention_bwd(grad, q, k, v, out, lse, None, padm, order, False, D ** -0.5)
+    qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
+    truth = R.masked_attention(qd, kd, vd, padm, order)
+    want = torch.autograd.grad(truth, (qd, kd, vd), grad.double())
+    for name, got, ref, w in zip("qkv", grads["128"], grads["64"], want):
+        assert torch.isfinite(got).all(), name
+        err = ((got.double() - w).norm() / w.norm()).item()
+        assert err < TOLERANCE[torch.bfloat16], (name, err)
+        # Same sums in another grouping: as close to the 64-key result as each is to the truth.
+        assert ((got.double() - ref.double()).norm() / w.norm()).item() < 2 * TOLERANCE[torch.bfloat16], name
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+def test_cuda_key_tile_setting_is_checked(device, monkeypatch):
+    q = torch.randn(1, 8, 2, 64, device=device, dtype=torch.bfloat16)
+    out, lse = radd_fast.ops.masked_attention_fwd(q, q, q, None, None, False, 0.125)
+    monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "256")
+    with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_KEY_TILE must be 'auto', '64' or '128', got '256'"):
+        radd_fast.ops.masked_attention_bwd(q, q, q, q, out, lse, None, None, None, False, 0.125)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
 def test_cuda_query_tile_setting_is_checked(device, monkeypatch):
     monkeypatch.setenv("RADD_FAST_ATTENTION_QUERY_TILE", "96")
     q = torch.randn(1, 8, 2, 64, device=device, dtype=torch.bfloat16)

@@ -226,8 +226,8 @@ inline void check_bwd_args(const at::Tensor& grad_out, const at::Tensor& q, cons
 // (and unwound) before any nvcc-compiled frame is on the stack.
 namespace cuda {
 // The tensor-core kernel of a bf16 / fp16 pass: mma.sync (sm_80+; the forward with 64- or 128-query
-// blocks, the backward has one kind: kMma64) or wgmma (fwd_wgmma.cuh, bwd_wgmma.cuh: sm_90a builds
-// on sm_90 GPUs). The fp32 / fp64 kernels ignore it.
+// blocks, the backward with 64- or 128-key blocks) or wgmma (fwd_wgmma.cuh, bwd_wgmma.cuh: sm_90a
+// builds on sm_90 GPUs). The fp32 / fp64 kernels ignore it.
 enum class TcKernel { kMma64, kMma128, kWgmma };
 // Dynamic shared memory per block of the kernel for this dtype and head_dim (32, 64 or 128).
 size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, TcKernel kernel);

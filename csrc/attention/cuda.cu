@@ -65,7 +65,7 @@ size_t smem_of(bool backward, TcKernel kernel) {
   constexpr bool mma = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
   if constexpr (mma) {
     if (kernel == TcKernel::kWgmma) return wgmma_smem_bytes(D, backward);
-    if (backward) return BwdMmaSmem<T, D>::kBytes;
+    if (backward) return kernel == TcKernel::kMma128 ? BwdMmaSmem<T, D, 8>::kBytes : BwdMmaSmem<T, D, 4>::kBytes;
     if constexpr (D <= 64) {
       if (kernel == TcKernel::kMma128) return FwdMmaSmem<T, D, 2>::kBytes;
     }
@@ -192,18 +192,25 @@ void bwd_mma(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& 
   if (tc == TcKernel::kWgmma) {
     launch_bwd_wgmma(qa, ka, va, go, lse_c, delta, dk, dv, dq_acc, mp, scale);
   } else {
-    const int64_t grid = grid_size(B * H * ((L + kMmaTile - 1) / kMmaTile));
-    with_head_dim(D, [&](auto d) {
-      constexpr int Dc = decltype(d)::value;
-      auto kernel = bwd_mma_kernel<T, Dc>;
-      constexpr size_t smem = BwdMmaSmem<T, Dc>::kBytes;
+    auto launch = [&](auto d, auto kw) {
+      constexpr int Dc = decltype(d)::value, KW = decltype(kw)::value;
+      const int64_t keys = 16 * KW, grid = grid_size(B * H * ((L + keys - 1) / keys));
+      auto kernel = bwd_mma_kernel<T, Dc, KW>;
+      constexpr size_t smem = BwdMmaSmem<T, Dc, KW>::kBytes;
       set_smem(kernel, smem);
-      kernel<<<grid, kMmaThreads, smem, stream>>>(rows<T>(qa), rows<T>(ka), rows<T>(va), rows<T>(go),
-                                                  lse_c.const_data_ptr<float>(), delta.const_data_ptr<float>(),
-                                                  reinterpret_cast<T*>(dk.data_ptr()),
-                                                  reinterpret_cast<T*>(dv.data_ptr()), dq_acc.data_ptr<float>(), mp, H,
-                                                  static_cast<float>(scale), static_cast<float>(scale) * kLog2e);
+      kernel<<<grid, KW * 32, smem, stream>>>(rows<T>(qa), rows<T>(ka), rows<T>(va), rows<T>(go),
+                                              lse_c.const_data_ptr<float>(), delta.const_data_ptr<float>(),
+                                              reinterpret_cast<T*>(dk.data_ptr()), reinterpret_cast<T*>(dv.data_ptr()),
+                                              dq_acc.data_ptr<float>(), mp, H, static_cast<float>(scale),
+                                              static_cast<float>(scale) * kLog2e);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    with_head_dim(D, [&](auto d) {
+      if (tc == TcKernel::kMma128) {
+        launch(d, std::integral_constant<int, 8>{});
+      } else {
+        launch(d, std::integral_constant<int, 4>{});
+      }
     });
   }
   dq.copy_(dq_acc);  // fp32 -> bf16/fp16 (dS was pre-scaled)

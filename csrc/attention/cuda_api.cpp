@@ -49,6 +49,9 @@ void check_smem(const at::Tensor& q, bool backward, TcKernel kernel, const char*
 //     head_dim 32 and 64 -- each K / V fragment read from shared memory then feeds two tensor-core
 //     instructions instead of one -- and 64 at head_dim 128, where 128-query blocks spill
 //     registers; 64 forces 64 (the benchmark's `fused-q64` row).
+//   RADD_FAST_ATTENTION_KEY_TILE = auto | 64 | 128, for the mma backward: keys per block (4 or 8
+//     warps of 16 keys); auto = 64 until a GPU run has measured 128 (the benchmark's `fused-k128`
+//     row).
 bool use_wgmma(const at::Tensor& q, const char* var, const char* op) {
   const char* env = std::getenv(var);
   const std::string engine = env && *env ? env : "auto";
@@ -84,7 +87,19 @@ TcKernel forward_kernel(const at::Tensor& q, const char* op) {
 }
 
 TcKernel backward_kernel(const at::Tensor& q, const char* op) {
-  return low_precision(q) && use_wgmma(q, "RADD_FAST_ATTENTION_BACKWARD", op) ? TcKernel::kWgmma : TcKernel::kMma64;
+  const bool wgmma = low_precision(q) && use_wgmma(q, "RADD_FAST_ATTENTION_BACKWARD", op);
+  const char* tile_env = std::getenv("RADD_FAST_ATTENTION_KEY_TILE");
+  const std::string tile = tile_env && *tile_env ? tile_env : "auto";
+  TORCH_CHECK_VALUE(tile == "auto" || tile == "64" || tile == "128",
+                    msg("radd_fast.", op, ": RADD_FAST_ATTENTION_KEY_TILE must be 'auto', '64' or '128', got '", tile,
+                        "'"));
+  if (wgmma) {
+    TORCH_CHECK_VALUE(tile == "auto", msg("radd_fast.", op,
+                                          ": RADD_FAST_ATTENTION_KEY_TILE applies to the mma backward; the wgmma "
+                                          "backward (RADD_FAST_ATTENTION_BACKWARD=wgmma) sizes its own blocks"));
+    return TcKernel::kWgmma;
+  }
+  return tile == "128" ? TcKernel::kMma128 : TcKernel::kMma64;
 }
 
 std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

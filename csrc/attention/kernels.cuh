@@ -548,19 +548,33 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
 }
 
 // --------------------------------------------------------------------------- backward (mma)
-// CTA = (b, h, key tile of 64); warp w owns keys 16w..16w+15 and accumulates their dK, dV in
-// registers over every visible query tile. dQ gets this tile's contribution through fp32 atomics.
+// CTA = (b, h, 16 KW keys), KW warps; warp w owns keys 16w..16w+15 and accumulates their dK, dV
+// in registers over every visible 64-query tile. dQ gets the CTA's contribution through fp32
+// atomics. KW = 4 (64 keys, the default) or 8 (128 keys, RADD_FAST_ATTENTION_KEY_TILE=128, as
+// FlashAttention-2's backward at head_dim 64): twice the keys per query tile halves the dQ atomics
+// and the Q / dO loads per FLOP -- the memory traffic that bounds this kernel (Nsight on the H200,
+// 2026-11-30: memory 61 % busy, SM 18 %) -- at 8 warps and one CTA per SM.
 template <int D>
 constexpr int bwd_stages() {
   return D >= 128 ? 1 : 2;  // D = 128: one Q/dO buffer keeps shared memory at 80 KiB (2 CTAs / SM)
 }
-template <typename T, int D>
+template <typename T, int D, int KW = kMmaWarps>
 struct BwdMmaSmem {
-  static constexpr int kTileElems = kMmaTile * smem_ld<D>();
+  static constexpr int kKeys = 16 * KW;
+  static constexpr int kTileElems = kMmaTile * smem_ld<D>();  // one Q or dO tile
   static constexpr int kDsLd = kMmaTile + 8;  // dS^T tile [key][query], padded like the others
-  static constexpr size_t kBytes =
-      sizeof(T) * ((2 + 2 * bwd_stages<D>()) * kTileElems + kMmaTile * kDsLd) + sizeof(float) * 2 * 2 * kMmaTile;
+  static constexpr size_t kBytes = sizeof(T) * (2 * kKeys * smem_ld<D>() + 2 * bwd_stages<D>() * kTileElems +
+                                                kKeys * kDsLd) +
+                                   sizeof(float) * 2 * 2 * kMmaTile;
 };
+// The first query tile >= qt that sees some key of key tiles [kt_lo, kt_hi) (n_qt if none).
+__device__ __forceinline__ int64_t next_query_tile_any(const MaskParams& mp, int64_t b, int64_t kt_lo, int64_t kt_hi,
+                                                       int64_t qt, int64_t n_qt, int64_t tile) {
+  for (; qt < n_qt; ++qt)
+    for (int64_t kt = kt_lo; kt < kt_hi; ++kt)
+      if (tile_visibility(mp, b, qt, kt, tile) != kTileHidden) return qt;
+  return n_qt;
+}
 
 // One n-tile (queries nt * 8 .. + 7) of the backward's P^T and dS^T, in the accumulator layout of
 // mma.sync (and of wgmma, per warp): element e is key row e / 2 of this lane, query column
@@ -603,35 +617,38 @@ __device__ __forceinline__ void bwd_store_keys(const float (&dkacc)[D / 8][4], c
   }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, Rows<T> dO,
-                                                               const float* __restrict__ lse,
-                                                               const float* __restrict__ delta, T* __restrict__ dk,
-                                                               T* __restrict__ dv, float* __restrict__ dq_acc,
-                                                               MaskParams mp, int64_t H, float scale,
-                                                               float scale_log2) {
+template <typename T, int D, int KW = kMmaWarps>
+__global__ void __launch_bounds__(KW * 32) bwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, Rows<T> dO,
+                                                          const float* __restrict__ lse,
+                                                          const float* __restrict__ delta, T* __restrict__ dk,
+                                                          T* __restrict__ dv, float* __restrict__ dq_acc,
+                                                          MaskParams mp, int64_t H, float scale, float scale_log2) {
+  static_assert(KW == 4 || KW == 8, "64 or 128 keys per CTA");
   using M = MmaType<T>;
-  using S = BwdMmaSmem<T, D>;
+  using S = BwdMmaSmem<T, D, KW>;
   constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8, STAGES = bwd_stages<D>();
+  constexpr int THREADS = KW * 32, KEYS = S::kKeys, KT64 = KW / 4;  // KT64: 64-key stats tiles per CTA
   RADD_DYNAMIC_SMEM(smem_raw);
-  T* Ks = reinterpret_cast<T*>(smem_raw);
-  T* Vs = Ks + S::kTileElems;
-  T* Qs = Vs + S::kTileElems;             // STAGES buffers
+  T* Ks = reinterpret_cast<T*>(smem_raw);  // [KEYS][LD]
+  T* Vs = Ks + KEYS * LD;
+  T* Qs = Vs + KEYS * LD;                 // STAGES buffers
   T* dOs = Qs + STAGES * S::kTileElems;   // STAGES buffers
-  T* dSs = dOs + STAGES * S::kTileElems;  // [64 keys][kDsLd]
-  float* lse_s = reinterpret_cast<float*>(dSs + kMmaTile * S::kDsLd);  // [2][64], base-2 backward offsets
-  float* delta_s = lse_s + 2 * kMmaTile;                                // [2][64]
+  T* dSs = dOs + STAGES * S::kTileElems;  // [KEYS][kDsLd]
+  float* lse_s = reinterpret_cast<float*>(dSs + KEYS * S::kDsLd);  // [2][64], base-2 backward offsets
+  float* delta_s = lse_s + 2 * kMmaTile;                            // [2][64]
 
-  const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile;
-  const int64_t kt = blockIdx.x % n_t, bh = blockIdx.x / n_t, b = bh / H, h = bh % H;
-  const int64_t k0 = kt * kMmaTile;
+  const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile, n_c = (L + KEYS - 1) / KEYS;
+  const int64_t ct = blockIdx.x % n_c, bh = blockIdx.x / n_c, b = bh / H, h = bh % H;
+  const int64_t k0 = ct * KEYS;
+  const int64_t kt_lo = ct * KT64, kt_hi = min(kt_lo + KT64, n_t);  // the CTA's 64-key stats tiles
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int64_t kt_w = kt_lo + warp / 4;  // the warp's stats tile (>= n_t: all its keys are past L)
 
   auto load_q_tile = [&](int64_t qt, int sbuf) {
     const int64_t q0 = qt * kMmaTile;
-    load_tile_async<T, D>(Qs + sbuf * S::kTileElems, Q, b, q0, h, L);
-    load_tile_async<T, D>(dOs + sbuf * S::kTileElems, dO, b, q0, h, L);
-    for (int i = threadIdx.x; i < kMmaTile; i += kMmaThreads) {  // plain loads: tiny
+    load_tile_async<T, D, kMmaTile, THREADS>(Qs + sbuf * S::kTileElems, Q, b, q0, h, L);
+    load_tile_async<T, D, kMmaTile, THREADS>(dOs + sbuf * S::kTileElems, dO, b, q0, h, L);
+    for (int i = threadIdx.x; i < kMmaTile; i += THREADS) {  // plain loads: tiny
       const int64_t r = q0 + i;
       const float x = r < L ? lse[(b * H + h) * L + r] : neg_inf<float>();
       lse_s[sbuf * kMmaTile + i] = backward_offset(x) * kLog2e;  // +inf for rows without keys / past L
@@ -639,9 +656,9 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
     }
   };
 
-  load_tile_async<T, D>(Ks, K, b, k0, h, L);
-  load_tile_async<T, D>(Vs, V, b, k0, h, L);
-  int64_t qt = next_query_tile(mp, b, kt, 0, n_t, kMmaTile);
+  load_tile_async<T, D, KEYS, THREADS>(Ks, K, b, k0, h, L);
+  load_tile_async<T, D, KEYS, THREADS>(Vs, V, b, k0, h, L);
+  int64_t qt = next_query_tile_any(mp, b, kt_lo, kt_hi, 0, n_t, kMmaTile);
   if constexpr (STAGES == 2) {
     if (qt < n_t) load_q_tile(qt, 0);
   }
@@ -677,7 +694,7 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
 
   int buf = 0;
   while (qt < n_t) {
-    const int64_t nxt = next_query_tile(mp, b, kt, qt + 1, n_t, kMmaTile);
+    const int64_t nxt = next_query_tile_any(mp, b, kt_lo, kt_hi, qt + 1, n_t, kMmaTile);
     if constexpr (STAGES == 2) {
       __syncthreads();  // the other buffer (tile before last) and dS are free
       if (nxt < n_t) load_q_tile(nxt, buf ^ 1);
@@ -695,95 +712,109 @@ __global__ void __launch_bounds__(kMmaThreads) bwd_mma_kernel(Rows<T> Q, Rows<T>
     const float* lse_b = lse_s + buf * kMmaTile;
     const float* delta_b = delta_s + buf * kMmaTile;
     const int64_t q0 = qt * kMmaTile;
-    const bool partial = tile_visibility(mp, b, qt, kt, kMmaTile) == kTilePartial;
+    // Warp-uniform: a warp whose keys this query tile does not see (or that has no key inside L)
+    // adds nothing to dK / dV and leaves zeros in its rows of dS^T for the dQ product.
+    const int vis = kt_w < n_t ? tile_visibility(mp, b, qt, kt_w, kMmaTile) : int(kTileHidden);
+    const bool partial = vis == kTilePartial;
     const QueryTile queries(mp, b, q0, kMmaTile);
-
-    // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 64 queries, in two halves of 32
-    // queries so that only one half's fp32 scores are live at a time (register pressure). B[k = d]
-    // [n = query] = Q[query][d]: b[0] is the pair Q[query g][2t, 2t+1] of the k step.
-    // P^T = exp2(S^T scale log2e - lse log2e) (0 where hidden), dS^T = P^T (dP^T - delta) * scale,
-    // each packed to bf16/fp16 at once: pp[kk] / dd[kk] are the A fragments of k step kk (queries
-    // 16kk..16kk+15) of the products below, C fragments of n-tiles 2kk, 2kk+1 (see fwd).
-    // Fragment loads: A (this warp's K / V rows) as kf / vf above; B (Q / dO rows = queries) as K
-    // in the forward: matrix i = queries nt * 8 + 8 (i >> 1), columns 8 (i & 1).
-    const T* qb_ptr = Qb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
-    const T* ob_ptr = dOb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
-    uint32_t pp[4][4], dd[4][4];
+    if (vis == kTileHidden) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float st[4][4], dpt[4][4];
+      for (int nt = 0; nt < 8; ++nt) {
+        T* d0 = dSs + (warp * 16 + g) * S::kDsLd + nt * 8 + 2 * t4;
+        *reinterpret_cast<uint32_t*>(d0) = 0u;
+        *reinterpret_cast<uint32_t*>(d0 + 8 * S::kDsLd) = 0u;
+      }
+    } else {
+      // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 64 queries, in two halves of 32
+      // queries so that only one half's fp32 scores are live at a time (register pressure). B[k = d]
+      // [n = query] = Q[query][d]: b[0] is the pair Q[query g][2t, 2t+1] of the k step.
+      // P^T = exp2(S^T scale log2e - lse log2e) (0 where hidden), dS^T = P^T (dP^T - delta) * scale,
+      // each packed to bf16/fp16 at once: pp[kk] / dd[kk] are the A fragments of k step kk (queries
+      // 16kk..16kk+15) of the products below, C fragments of n-tiles 2kk, 2kk+1 (see fwd).
+      // Fragment loads: A (this warp's K / V rows) as kf / vf above; B (Q / dO rows = queries) as K
+      // in the forward: matrix i = queries nt * 8 + 8 (i >> 1), columns 8 (i & 1).
+      const T* qb_ptr = Qb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
+      const T* ob_ptr = dOb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
+      uint32_t pp[4][4], dd[4][4];
 #pragma unroll
-      for (int n = 0; n < 4; ++n)
+      for (int half = 0; half < 2; ++half) {
+        float st[4][4], dpt[4][4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
+        for (int n = 0; n < 4; ++n)
 #pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        uint32_t ka[4], va[4];
-        if constexpr (kKVRegs) {
+          for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
 #pragma unroll
-          for (int i = 0; i < 4; ++i) ka[i] = kf[ks][i], va[i] = vf[ks][i];
-        } else {
-          ldmatrix_x4(ka, ka_ptr + ks * 16);
-          ldmatrix_x4(va, va_ptr + ks * 16);
+        for (int ks = 0; ks < KS; ++ks) {
+          uint32_t ka[4], va[4];
+          if constexpr (kKVRegs) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) ka[i] = kf[ks][i], va[i] = vf[ks][i];
+          } else {
+            ldmatrix_x4(ka, ka_ptr + ks * 16);
+            ldmatrix_x4(va, va_ptr + ks * 16);
+          }
+#pragma unroll
+          for (int n = 0; n < 4; n += 2) {
+            const int nt = half * 4 + n;
+            uint32_t bq[4], bo[4];
+            ldmatrix_x4(bq, qb_ptr + nt * 8 * LD + ks * 16);
+            ldmatrix_x4(bo, ob_ptr + nt * 8 * LD + ks * 16);
+            M::mma(st[n], ka, bq[0], bq[1]);
+            M::mma(st[n + 1], ka, bq[2], bq[3]);
+            M::mma(dpt[n], va, bo[0], bo[1]);
+            M::mma(dpt[n + 1], va, bo[2], bo[3]);
+          }
         }
 #pragma unroll
-        for (int n = 0; n < 4; n += 2) {
-          const int nt = half * 4 + n;
-          uint32_t bq[4], bo[4];
-          ldmatrix_x4(bq, qb_ptr + nt * 8 * LD + ks * 16);
-          ldmatrix_x4(bo, ob_ptr + nt * 8 * LD + ks * 16);
-          M::mma(st[n], ka, bq[0], bq[1]);
-          M::mma(st[n + 1], ka, bq[2], bq[3]);
-          M::mma(dpt[n], va, bo[0], bo[1]);
-          M::mma(dpt[n + 1], va, bo[2], bo[3]);
+        for (int n = 0; n < 4; ++n)
+          bwd_p_ds_tile<M>(st[n], dpt[n], half * 4 + n, t4, scale_log2, scale, lse_b, delta_b, partial, queries,
+                           kvalid, kord, pp, dd);
+      }
+      // dS^T to shared memory for the dQ product below: rows g and g + 8 of n-tile nt are
+      // dd[nt / 2][(nt & 1) * 2] and dd[nt / 2][(nt & 1) * 2 + 1].
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        T* d0 = dSs + (warp * 16 + g) * S::kDsLd + nt * 8 + 2 * t4;
+        *reinterpret_cast<uint32_t*>(d0) = dd[nt / 2][(nt & 1) * 2];
+        *reinterpret_cast<uint32_t*>(d0 + 8 * S::kDsLd) = dd[nt / 2][(nt & 1) * 2 + 1];
+      }
+      // dV += P^T dO and dK += dS^T Q: B[k = query][n = d] from ldmatrix.trans of the row-major
+      // dO / Q tiles (as V in the forward).
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const int r = kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, c = (lane / 16) * 8;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd += 2) {
+          uint32_t bo[4], bq[4];
+          ldmatrix_x4_trans(bo, dOb + r * LD + c + nd * 8);
+          ldmatrix_x4_trans(bq, Qb + r * LD + c + nd * 8);
+          M::mma(dvacc[nd], pp[kk], bo[0], bo[1]);
+          M::mma(dvacc[nd + 1], pp[kk], bo[2], bo[3]);
+          M::mma(dkacc[nd], dd[kk], bq[0], bq[1]);
+          M::mma(dkacc[nd + 1], dd[kk], bq[2], bq[3]);
         }
       }
-#pragma unroll
-      for (int n = 0; n < 4; ++n)
-        bwd_p_ds_tile<M>(st[n], dpt[n], half * 4 + n, t4, scale_log2, scale, lse_b, delta_b, partial, queries,
-                         kvalid, kord, pp, dd);
-    }
-    // dS^T to shared memory for the dQ product below: rows g and g + 8 of n-tile nt are
-    // dd[nt / 2][(nt & 1) * 2] and dd[nt / 2][(nt & 1) * 2 + 1].
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      T* d0 = dSs + (warp * 16 + g) * S::kDsLd + nt * 8 + 2 * t4;
-      *reinterpret_cast<uint32_t*>(d0) = dd[nt / 2][(nt & 1) * 2];
-      *reinterpret_cast<uint32_t*>(d0 + 8 * S::kDsLd) = dd[nt / 2][(nt & 1) * 2 + 1];
-    }
-    // dV += P^T dO and dK += dS^T Q: B[k = query][n = d] from ldmatrix.trans of the row-major
-    // dO / Q tiles (as V in the forward).
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const int r = kk * 16 + ((lane / 8) & 1) * 8 + lane % 8, c = (lane / 16) * 8;
-#pragma unroll
-      for (int nd = 0; nd < ND; nd += 2) {
-        uint32_t bo[4], bq[4];
-        ldmatrix_x4_trans(bo, dOb + r * LD + c + nd * 8);
-        ldmatrix_x4_trans(bq, Qb + r * LD + c + nd * 8);
-        M::mma(dvacc[nd], pp[kk], bo[0], bo[1]);
-        M::mma(dvacc[nd + 1], pp[kk], bo[2], bo[3]);
-        M::mma(dkacc[nd], dd[kk], bq[0], bq[1]);
-        M::mma(dkacc[nd + 1], dd[kk], bq[2], bq[3]);
-      }
-    }
+    }  // vis != kTileHidden
     __syncthreads();  // all of dS^T is written
-    // dQ (64 queries x D) += dS K: warp w takes queries 16w..16w+15. A[m = query][k = key] =
-    // dS^T[key][query]: ldmatrix.trans of the 8 x 8 blocks (keys 16kk + 8 (i >> 1), queries
-    // 16w + 8 (i & 1)) gives a[0..3]. B[k = key][n = d] = K[key][d]: ldmatrix.trans as for V above.
-    // Done in column chunks of 64 to bound the live accumulators.
+    // dQ (64 queries x D) += dS K over the CTA's KEYS keys: warp w takes queries 16 (w % 4) .. + 15
+    // and, with 8 warps, column half w / 4. A[m = query][k = key] = dS^T[key][query]: ldmatrix.trans
+    // of the 8 x 8 blocks (keys 16kk + 8 (i >> 1), queries 16 (w % 4) + 8 (i & 1)) gives a[0..3].
+    // B[k = key][n = d] = K[key][d]: ldmatrix.trans as for V above. Done in column chunks of 64 to
+    // bound the live accumulators.
     {
-      constexpr int kChunk = ND < 8 ? ND : 8;
-      const int64_t qrow[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+      constexpr int NDW = ND / KT64;  // n-tiles of this warp's columns
+      constexpr int kChunk = NDW < 8 ? NDW : 8;
+      const int wq = warp % 4, nw0 = (warp / 4) * NDW;
+      const int64_t qrow[2] = {q0 + wq * 16 + g, q0 + wq * 16 + g + 8};
 #pragma unroll
-      for (int n0 = 0; n0 < ND; n0 += kChunk) {
+      for (int n0 = nw0; n0 < nw0 + NDW; n0 += kChunk) {
         float dq[kChunk][4];
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
+        for (int kk = 0; kk < KW; ++kk) {
           uint32_t a[4];
-          ldmatrix_x4_trans(a, dSs + (kk * 16 + (lane / 16) * 8 + lane % 8) * S::kDsLd + warp * 16 + ((lane / 8) & 1) * 8);
+          ldmatrix_x4_trans(a, dSs + (kk * 16 + (lane / 16) * 8 + lane % 8) * S::kDsLd + wq * 16 + ((lane / 8) & 1) * 8);
           const T* krow = Ks + (kk * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
 #pragma unroll
           for (int i = 0; i < kChunk; i += 2) {

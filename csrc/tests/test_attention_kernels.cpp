@@ -94,7 +94,7 @@ double rel_err(const std::vector<G>& got, const std::vector<double>& want) {
 
 // MT: m-tiles per warp of the bf16 mma.sync forward (64 MT queries per block); MT = 0: the
 // sm_90a wgmma forward (64 or 128 queries per block, by head_dim) and backward.
-template <typename T, int D, int MT = 1>
+template <typename T, int D, int MT = 1, int KW = 4>
 void run_case(const Case& c, unsigned seed) {
   constexpr bool kMma = std::is_same_v<T, EmuBf16>;
   using Lse = std::conditional_t<kMma, float, T>;  // the kernels' lse / delta type
@@ -205,9 +205,10 @@ void run_case(const Case& c, unsigned seed) {
                                  scale_f, scale_f * cu::kLog2e);
     });
   } else if constexpr (kMma) {
-    launch(EmuDim3{grid, 1, 1}, cu::kMmaThreads, cu::BwdMmaSmem<T, D>::kBytes, [&] {
-      cu::bwd_mma_kernel<T, D>(Q, K, V, dO, lse.data(), delta.data(), dk.data(), dv.data(), dq.data(), mp, H,
-                               scale_f, scale_f * cu::kLog2e);
+    const unsigned bwd_grid = unsigned(B * H * ((L + 16 * KW - 1) / (16 * KW)));
+    launch(EmuDim3{bwd_grid, 1, 1}, 32 * KW, cu::BwdMmaSmem<T, D, KW>::kBytes, [&] {
+      cu::bwd_mma_kernel<T, D, KW>(Q, K, V, dO, lse.data(), delta.data(), dk.data(), dv.data(), dq.data(), mp, H,
+                                   scale_f, scale_f * cu::kLog2e);
     });
   } else {
     launch(EmuDim3{grid, 1, 1}, cu::fma_threads<D>(), cu::BwdFmaSmem<T, D>::kBytes, [&] {
@@ -221,7 +222,7 @@ void run_case(const Case& c, unsigned seed) {
   const double tol = kMma ? 3e-2 : std::is_same_v<T, float> ? 2e-5 : 1e-12;
   char what[160];
   std::snprintf(what, sizeof what, "%s D=%d%s B=%d H=%d L=%d mask=%s strict=%d packed=%d",
-                kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 0 ? " wgmma" : MT == 2 ? " q128" : " q64") : "", B, H, L,
+                kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 0 ? " wgmma" : KW == 8 ? (MT == 2 ? " q128 k128" : " q64 k128") : MT == 2 ? " q128" : " q64") : "", B, H, L,
                 c.mask.c_str(), int(c.strict), int(c.packed));
   double lse_err = 0;
   for (size_t i = 0; i < lse.size(); ++i) {
@@ -247,9 +248,9 @@ void run_case(const Case& c, unsigned seed) {
   std::printf("%-70s out %.1e lse %.1e dq %.1e dk %.1e dv %.1e\n", what, e_o, lse_err, e_q, e_k, e_v);
 }
 
-template <typename T, int D, int MT = 1>
+template <typename T, int D, int MT = 1, int KW = 4>
 void run_all(const std::vector<Case>& cases, unsigned seed) {
-  for (const Case& c : cases) run_case<T, D, MT>(c, seed++);
+  for (const Case& c : cases) run_case<T, D, MT, KW>(c, seed++);
 }
 
 }  // namespace
@@ -275,6 +276,12 @@ int main() {
   run_all<EmuBf16, 32, 2>(small, 100);
   run_all<EmuBf16, 128, 1>(small, 200);
   run_all<EmuBf16, 64, 1>(small, 250);
+  // The mma backward with 128-key blocks (RADD_FAST_ATTENTION_KEY_TILE=128), every head_dim: at
+  // L 130 the second block's last four warps hold no key inside L; causal at 256 has warps whose
+  // keys a query tile sees beside warps whose keys it does not.
+  run_all<EmuBf16, 64, 2, 8>(mma_cases, 1000);
+  run_all<EmuBf16, 32, 2, 8>(small, 1100);
+  run_all<EmuBf16, 128, 1, 8>(small, 1200);
   // The sm_90a wgmma forward and backward (RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma), every
   // head_dim.
   run_all<EmuBf16, 64, 0>(mma_cases, 700);
