@@ -9,9 +9,9 @@ it by trial.
 Cases: the λ-DCE loss forward + backward (bf16, N 2,560 rows about half masked, D 768, V 50,257:
 the kernels of bench/test_dce_loss.py on one partly filled chunk of 2,560 rows with the grouped
 engine (CUTLASS kernels, "device_kernel"), or one full chunk of 1,280 and one partial chunk with
-RADD_FAST_DCE_ENGINE=tiles) and masked attention forward + backward (bf16, B 4, L 1,024, 12 heads, head_dim 64;
-on an sm_90 GPU with a 9.0a build also with the wgmma kernels). Runs on the CPU
-too (tests/test_gpu_check.py runs a small version).
+RADD_FAST_DCE_ENGINE=tiles) and masked attention forward + backward (bf16, B 4, L 1,024, 12 heads,
+head_dim 64; again with 128-key backward blocks; on an sm_90 GPU with a 9.0a build also with the
+wgmma kernels). Runs on the CPU too (tests/test_gpu_check.py runs a small version).
 """
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     else:
         loss_case(args.device, 2560, 768, 50_257)  # grouped: one chunk, ~half active; tiles: 1,280 + partial
         attention_case(args.device, 4, 1024, 12, 64)
+        os.environ["RADD_FAST_ATTENTION_KEY_TILE"] = "128"  # the opt-in 128-key backward
+        attention_case(args.device, 4, 1024, 12, 64)
+        del os.environ["RADD_FAST_ATTENTION_KEY_TILE"]
         if wgmma_built(args.device):  # the sm_90a kernels, opt-in until measured
             os.environ["RADD_FAST_ATTENTION_FORWARD"] = os.environ["RADD_FAST_ATTENTION_BACKWARD"] = "wgmma"
             attention_case(args.device, 4, 1024, 12, 64)
