@@ -304,13 +304,25 @@ constexpr bool fwd_q_in_registers() {
   return MT == 1;
 }
 
+// The first tile t >= t0 of one side (t < n) that some tile of [u_lo, u_hi) on the other side is
+// not hidden from (n if none). KEYS: t counts key tiles and u query tiles; otherwise the reverse.
+template <bool KEYS>
+__device__ __forceinline__ int64_t next_tile_any(const MaskParams& mp, int64_t b, int64_t u_lo, int64_t u_hi,
+                                                 int64_t t, int64_t n, int64_t tile) {
+  for (; t < n; ++t)
+    for (int64_t u = u_lo; u < u_hi; ++u)
+      if (tile_visibility(mp, b, KEYS ? u : t, KEYS ? t : u, tile) != kTileHidden) return t;
+  return n;
+}
 // The first key tile >= kt that some query tile in [qt_lo, qt_hi) sees part of (n_kt if none).
 __device__ __forceinline__ int64_t next_key_tile_any(const MaskParams& mp, int64_t b, int64_t qt_lo, int64_t qt_hi,
                                                      int64_t kt, int64_t n_kt, int64_t tile) {
-  for (; kt < n_kt; ++kt)
-    for (int64_t qt = qt_lo; qt < qt_hi; ++qt)
-      if (tile_visibility(mp, b, qt, kt, tile) != kTileHidden) return kt;
-  return n_kt;
+  return next_tile_any<true>(mp, b, qt_lo, qt_hi, kt, n_kt, tile);
+}
+// The first query tile >= qt that sees some key of key tiles [kt_lo, kt_hi) (n_qt if none).
+__device__ __forceinline__ int64_t next_query_tile_any(const MaskParams& mp, int64_t b, int64_t kt_lo, int64_t kt_hi,
+                                                       int64_t qt, int64_t n_qt, int64_t tile) {
+  return next_tile_any<false>(mp, b, kt_lo, kt_hi, qt, n_qt, tile);
 }
 
 // One m-tile's step of the online softmax over a 64-key tile (shared by the mma.sync and wgmma
@@ -567,14 +579,6 @@ struct BwdMmaSmem {
                                                 kKeys * kDsLd) +
                                    sizeof(float) * 2 * 2 * kMmaTile;
 };
-// The first query tile >= qt that sees some key of key tiles [kt_lo, kt_hi) (n_qt if none).
-__device__ __forceinline__ int64_t next_query_tile_any(const MaskParams& mp, int64_t b, int64_t kt_lo, int64_t kt_hi,
-                                                       int64_t qt, int64_t n_qt, int64_t tile) {
-  for (; qt < n_qt; ++qt)
-    for (int64_t kt = kt_lo; kt < kt_hi; ++kt)
-      if (tile_visibility(mp, b, qt, kt, tile) != kTileHidden) return qt;
-  return n_qt;
-}
 
 // One n-tile (queries nt * 8 .. + 7) of the backward's P^T and dS^T, in the accumulator layout of
 // mma.sync (and of wgmma, per warp): element e is key row e / 2 of this lane, query column
