@@ -122,12 +122,14 @@ def test_attention_cuda_q64(bench, device, kind, monkeypatch):
 
 
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("pass_", ["fwd", "bwd"])
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"D{s[3]}")
-def test_attention_cuda_k128(bench, device, shape, monkeypatch):
-    # The bf16 backward on 128-key blocks (RADD_FAST_ATTENTION_KEY_TILE=128) in the groups of the
-    # default 64-key blocks: what halving the dQ atomics and Q / dO loads per FLOP is worth here.
+def test_attention_cuda_k128(bench, device, pass_, shape, monkeypatch):
+    # RADD_FAST_ATTENTION_KEY_TILE=128 in the groups of the defaults: the forward on 64-query blocks
+    # stepping over 128 keys, the backward on 128-key blocks (half the dQ atomics and Q / dO loads
+    # per FLOP).
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
-    run_case(bench, device, torch.bfloat16, shape, "bidirectional", "fused-k128", "bwd")
+    run_case(bench, device, torch.bfloat16, shape, "bidirectional", "fused-k128", pass_)
 
 
 @pytest.mark.wgmma

@@ -451,14 +451,24 @@ def test_cuda_bf16_forward_query_tiles(device, monkeypatch, D, pattern, tile):
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
 @pytest.mark.parametrize("D", [32, 64, 128])
 @pytest.mark.parametrize("pattern", ["none", "causal", "any_order"])
-def test_cuda_bf16_backward_key_tiles(device, monkeypatch, D, pattern):
-    # The bf16 backward on 128-key blocks (RADD_FAST_ATTENTION_KEY_TILE=128, 8 warps) against the
-    # float64 reference and against the default 64-key blocks. L = 200: a last block with one warp
-    # group past L; causal: warps whose keys a query tile sees beside warps whose keys it does not.
+def test_cuda_bf16_key_tiles(device, monkeypatch, D, pattern):
+    # RADD_FAST_ATTENTION_KEY_TILE=128: the bf16 forward stepping over 128 keys and the backward on
+    # 128-key blocks (8 warps), against the float64 reference and (backward) against the default
+    # 64-key blocks. L = 200: a last step / block that ends past L; causal: warps whose keys a query
+    # tile sees beside warps whose keys it does not.
     B, L, H = 2, 200, 3
     q, k, v = qkv(B, L, H, D, torch.bfloat16, device)
     order = make_order(pattern, B, L, device)
     padm = make_pad(B, L, device, "empty_row")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
+    out128, lse128 = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+    truth, truth_lse = R.masked_attention(q.double(), k.double(), v.double(), padm, order, return_lse=True)
+    assert ((out128.double() - truth).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
+    seen = torch.isfinite(truth_lse)
+    assert torch.equal(torch.isfinite(lse128), seen)
+    torch.testing.assert_close(lse128.double()[seen], truth_lse[seen], rtol=1e-5, atol=1e-5)
+    assert_no_key_rows_are_zero(out128, padm, order, False)
+    monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "64")
     out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
     grad = torch.randn_like(out)
     grads = {}

@@ -225,10 +225,14 @@ inline void check_bwd_args(const at::Tensor& grad_out, const at::Tensor& q, cons
 // device. The entry points are compiled by the host C++ compiler, so every argument error is raised
 // (and unwound) before any nvcc-compiled frame is on the stack.
 namespace cuda {
-// The tensor-core kernel of a bf16 / fp16 pass: mma.sync (sm_80+; the forward with 64- or 128-query
-// blocks, the backward with 64- or 128-key blocks) or wgmma (fwd_wgmma.cuh, bwd_wgmma.cuh: sm_90a
-// builds on sm_90 GPUs). The fp32 / fp64 kernels ignore it.
-enum class TcKernel { kMma64, kMma128, kWgmma };
+// The tensor-core kernel of a bf16 / fp16 pass: mma.sync (sm_80+) or wgmma (fwd_wgmma.cuh,
+// bwd_wgmma.cuh: sm_90a builds on sm_90 GPUs). The fp32 / fp64 kernels ignore it.
+enum class TcKernel {
+  kMma64,       // forward: 64-query blocks, 64-key steps; backward: 64-key blocks
+  kMma128,      // forward: 128-query blocks, 64-key steps; backward: 128-key blocks
+  kMma64K128,   // forward only: 64-query blocks, 128-key steps
+  kWgmma
+};
 // Dynamic shared memory per block of the kernel for this dtype and head_dim (32, 64 or 128).
 size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, TcKernel kernel);
 // Whether this build holds wgmma code that `device` runs (a one-off probe per device, cached).

@@ -66,6 +66,7 @@ size_t smem_of(bool backward, TcKernel kernel) {
   if constexpr (mma) {
     if (kernel == TcKernel::kWgmma) return wgmma_smem_bytes(D, backward);
     if (backward) return kernel == TcKernel::kMma128 ? BwdMmaSmem<T, D, 8>::kBytes : BwdMmaSmem<T, D, 4>::kBytes;
+    if (kernel == TcKernel::kMma64K128) return FwdMmaSmem<T, D, 1, 2>::kBytes;
     if constexpr (D <= 64) {
       if (kernel == TcKernel::kMma128) return FwdMmaSmem<T, D, 2>::kBytes;
     }
@@ -93,13 +94,13 @@ size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, TcKerne
 
 namespace {
 // ---------------------------------------------------------------------------------- forward
-template <typename T, int D, int MT>
+template <typename T, int D, int MT, int NK = 1>
 void launch_fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp,
                     double scale, at::Tensor& out, at::Tensor& lse, cudaStream_t stream) {
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2), rows_per_block = MT * kMmaTile;
   const int64_t grid = grid_size(B * H * ((L + rows_per_block - 1) / rows_per_block));
-  auto kernel = fwd_mma_kernel<T, D, MT>;
-  constexpr size_t smem = FwdMmaSmem<T, D, MT>::kBytes;
+  auto kernel = fwd_mma_kernel<T, D, MT, NK>;
+  constexpr size_t smem = FwdMmaSmem<T, D, MT, NK>::kBytes;
   set_smem(kernel, smem);
   kernel<<<grid, kMmaThreads, smem, stream>>>(rows<T>(q), rows<T>(k), rows<T>(v), reinterpret_cast<T*>(out.data_ptr()),
                                               lse.data_ptr<float>(), mp, H, static_cast<float>(scale) * kLog2e);
@@ -113,6 +114,7 @@ void fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
   with_head_dim(q.size(3), [&](auto d) {
     constexpr int D = decltype(d)::value;
     if (kernel == TcKernel::kWgmma) return launch_fwd_wgmma(qa, ka, va, mp, scale, out, lse);
+    if (kernel == TcKernel::kMma64K128) return launch_fwd_mma<T, D, 1, 2>(qa, ka, va, mp, scale, out, lse, stream);
     if constexpr (D <= 64) {  // 128-query blocks at head_dim 128 spill registers (see kernels.cuh)
       if (kernel == TcKernel::kMma128) return launch_fwd_mma<T, D, 2>(qa, ka, va, mp, scale, out, lse, stream);
     }

@@ -49,9 +49,10 @@ void check_smem(const at::Tensor& q, bool backward, TcKernel kernel, const char*
 //     head_dim 32 and 64 -- each K / V fragment read from shared memory then feeds two tensor-core
 //     instructions instead of one -- and 64 at head_dim 128, where 128-query blocks spill
 //     registers; 64 forces 64 (the benchmark's `fused-q64` row).
-//   RADD_FAST_ATTENTION_KEY_TILE = auto | 64 | 128, for the mma backward: keys per block (4 or 8
-//     warps of 16 keys); auto = 64 until a GPU run has measured 128 (the benchmark's `fused-k128`
-//     row).
+//   RADD_FAST_ATTENTION_KEY_TILE = auto | 64 | 128, for the mma kernels: keys per backward block (4
+//     or 8 warps of 16 keys) and keys per forward step; 128 runs the forward on 64-query blocks (128
+//     queries x 128 keys spill registers); auto = 64 until a GPU run has measured 128 (the
+//     benchmark's `fused-k128` rows).
 bool use_wgmma(const at::Tensor& q, const char* var, const char* op) {
   const char* env = std::getenv(var);
   const std::string engine = env && *env ? env : "auto";
@@ -69,6 +70,21 @@ bool low_precision(const at::Tensor& q) {
   return q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
 }
 
+// RADD_FAST_ATTENTION_KEY_TILE, checked: "auto", "64" or "128". The wgmma kernels size their own
+// blocks, so with one of them selected anything but auto is an error.
+std::string key_tile_setting(bool wgmma, const char* op) {
+  const char* env = std::getenv("RADD_FAST_ATTENTION_KEY_TILE");
+  const std::string tile = env && *env ? env : "auto";
+  TORCH_CHECK_VALUE(tile == "auto" || tile == "64" || tile == "128",
+                    msg("radd_fast.", op, ": RADD_FAST_ATTENTION_KEY_TILE must be 'auto', '64' or '128', got '", tile,
+                        "'"));
+  TORCH_CHECK_VALUE(!wgmma || tile == "auto",
+                    msg("radd_fast.", op,
+                        ": RADD_FAST_ATTENTION_KEY_TILE applies to the mma kernels; the wgmma kernels "
+                        "(RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma) size their own blocks"));
+  return tile;
+}
+
 TcKernel forward_kernel(const at::Tensor& q, const char* op) {
   if (!low_precision(q)) return TcKernel::kMma64;  // the FMA kernels have their own tiles
   const bool wgmma = use_wgmma(q, "RADD_FAST_ATTENTION_FORWARD", op);
@@ -76,6 +92,7 @@ TcKernel forward_kernel(const at::Tensor& q, const char* op) {
   const std::string tile = tile_env && *tile_env ? tile_env : "auto";
   TORCH_CHECK_VALUE(tile == "auto" || tile == "64",
                     msg("radd_fast.", op, ": RADD_FAST_ATTENTION_QUERY_TILE must be 'auto' or '64', got '", tile, "'"));
+  const std::string keys = key_tile_setting(wgmma, op);
   if (wgmma) {
     TORCH_CHECK_VALUE(tile == "auto",
                       msg("radd_fast.", op,
@@ -83,23 +100,15 @@ TcKernel forward_kernel(const at::Tensor& q, const char* op) {
                           "(RADD_FAST_ATTENTION_FORWARD=wgmma) sizes its own blocks"));
     return TcKernel::kWgmma;
   }
+  if (keys == "128") return TcKernel::kMma64K128;
   return tile == "auto" && q.size(3) <= 64 ? TcKernel::kMma128 : TcKernel::kMma64;
 }
 
 TcKernel backward_kernel(const at::Tensor& q, const char* op) {
   const bool wgmma = low_precision(q) && use_wgmma(q, "RADD_FAST_ATTENTION_BACKWARD", op);
-  const char* tile_env = std::getenv("RADD_FAST_ATTENTION_KEY_TILE");
-  const std::string tile = tile_env && *tile_env ? tile_env : "auto";
-  TORCH_CHECK_VALUE(tile == "auto" || tile == "64" || tile == "128",
-                    msg("radd_fast.", op, ": RADD_FAST_ATTENTION_KEY_TILE must be 'auto', '64' or '128', got '", tile,
-                        "'"));
-  if (wgmma) {
-    TORCH_CHECK_VALUE(tile == "auto", msg("radd_fast.", op,
-                                          ": RADD_FAST_ATTENTION_KEY_TILE applies to the mma backward; the wgmma "
-                                          "backward (RADD_FAST_ATTENTION_BACKWARD=wgmma) sizes its own blocks"));
-    return TcKernel::kWgmma;
-  }
-  return tile == "128" ? TcKernel::kMma128 : TcKernel::kMma64;
+  const std::string keys = key_tile_setting(wgmma, op);
+  if (wgmma) return TcKernel::kWgmma;
+  return keys == "128" ? TcKernel::kMma128 : TcKernel::kMma64;
 }
 
 std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

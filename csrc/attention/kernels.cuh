@@ -287,12 +287,16 @@ __device__ __forceinline__ void load_tile_async(T* smem, const Rows<T>& src, int
 // (128 queries, FlashAttention-2's tile for head_dim <= 128) does two, halving the shared-memory
 // traffic per FLOP and the K / V reads from L2 per query. Key tiles are 64 keys either way (the tile
 // of TileStats); a warp's rows lie in one 64-query stats tile, so each warp skips the key tiles
-// hidden from its own rows, and the CTA loads a key tile only if some warp needs it.
-template <typename T, int D, int MT>
+// hidden from its own rows, and the CTA loads a key tile only if some warp needs it. NK = 2 (opt-in,
+// RADD_FAST_ATTENTION_KEY_TILE=128, with MT = 1) steps over two 64-key tiles at once: half the
+// barriers, row maxima and output rescalings per key. (MT = 2 with NK = 2, FlashAttention-2's
+// 128 x 128 tile, spilled 100 bytes at head_dim 64 under ptxas 13.0; MT = 1: 183 registers, none.)
+template <typename T, int D, int MT, int NK = 1>
 struct FwdMmaSmem {
-  static constexpr int kTileElems = kMmaTile * smem_ld<D>();                   // one K or V tile
+  static constexpr int kTileElems = kMmaTile * smem_ld<D>();                   // 64 rows
   static constexpr int kQElems = MT * kTileElems;                              // the CTA's queries
-  static constexpr size_t kBytes = sizeof(T) * (kQElems + 4 * kTileElems);    // Q, K x 2, V x 2
+  static constexpr int kStepElems = NK * kTileElems;                           // one K or V step
+  static constexpr size_t kBytes = sizeof(T) * (kQElems + 4 * kStepElems);    // Q, K x 2, V x 2
 };
 // Whether a warp keeps its Q fragments in registers for the whole kernel (MT x D / 4 registers per
 // lane); otherwise they are reloaded from shared memory by ldmatrix at each key tile. With MT = 2
@@ -333,18 +337,19 @@ __device__ __forceinline__ int64_t next_query_tile_any(const MaskParams& mp, int
 // output accumulated so far must be rescaled by (fwd_rescale_output) -- kept apart so that a
 // kernel can compute it while the previous tile's P V is still in flight. The 4 lanes of a quad
 // share a row.
-__device__ __forceinline__ void fwd_softmax_stats(float (&s)[8][4], float (&m)[2], float (&l)[2], float (&alpha)[2],
+template <int NT = 8>  // n-tiles of 8 keys: 8 (a 64-key tile) or 16 (two)
+__device__ __forceinline__ void fwd_softmax_stats(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                   float scale_log2, bool partial, const MaskParams& mp, int64_t b,
                                                   int64_t k0, int64_t row0, int t4) {
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt)
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[nt][e] *= scale_log2;
   if (partial) {
-    const KeyTile keys(mp, b, k0, kMmaTile);
+    const KeyTile keys(mp, b, k0, 8 * NT);
     const int64_t oq[2] = {query_order(mp, b, row0), query_order(mp, b, row0 + 8)};
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         if (!keys.visible(nt * 8 + 2 * t4 + (e & 1), oq[e / 2])) s[nt][e] = neg_inf<float>();
@@ -354,7 +359,7 @@ __device__ __forceinline__ void fwd_softmax_stats(float (&s)[8][4], float (&m)[2
   for (int r = 0; r < 2; ++r) {
     float mx = neg_inf<float>();
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+    for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     alpha[r] = online_softmax_rescale(m[r], mx, Exp2{});
@@ -362,7 +367,7 @@ __device__ __forceinline__ void fwd_softmax_stats(float (&s)[8][4], float (&m)[2
     l[r] *= alpha[r];  // per-lane partial sums; the quad's are added at the end
   }
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt)
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       s[nt][e] = fast_exp2(s[nt][e] - off[e / 2]);
@@ -379,18 +384,18 @@ __device__ __forceinline__ void fwd_rescale_output(float (&o)[ND][4], const floa
   }
 }
 // Both of the above, for a kernel whose P V of the previous tile has completed.
-template <int ND>
-__device__ __forceinline__ void fwd_softmax_tile(float (&s)[8][4], float (&m)[2], float (&l)[2], float (&o)[ND][4],
+template <int ND, int NT>
+__device__ __forceinline__ void fwd_softmax_tile(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&o)[ND][4],
                                                  float scale_log2, bool partial, const MaskParams& mp, int64_t b,
                                                  int64_t k0, int64_t row0, int t4) {
   float alpha[2];
-  fwd_softmax_stats(s, m, l, alpha, scale_log2, partial, mp, b, k0, row0, t4);
+  fwd_softmax_stats<NT>(s, m, l, alpha, scale_log2, partial, mp, b, k0, row0, t4);
   fwd_rescale_output<ND>(o, alpha);
 }
 // P's C fragments of n-tiles 2 kk, 2 kk + 1 (keys 16 kk .. 16 kk + 15) are exactly the A fragment of
 // k step kk of P V, in the input type.
-template <typename M>
-__device__ __forceinline__ void pack_p_fragment(const float (&s)[8][4], int kk, uint32_t (&a)[4]) {
+template <typename M, int NT>
+__device__ __forceinline__ void pack_p_fragment(const float (&s)[NT][4], int kk, uint32_t (&a)[4]) {
   a[0] = M::pack(s[2 * kk][0], s[2 * kk][1]);
   a[1] = M::pack(s[2 * kk][2], s[2 * kk][3]);
   a[2] = M::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
@@ -418,18 +423,20 @@ __device__ __forceinline__ void fwd_store_rows(float (&m)[2], float (&l)[2], con
   }
 }
 
-template <typename T, int D, int MT>
+template <typename T, int D, int MT, int NK = 1>
 __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, T* __restrict__ out,
                                                                float* __restrict__ lse, MaskParams mp, int64_t H,
                                                                float scale_log2) {
+  static_assert(NK == 1 || NK == 2, "64 or 128 keys per step");
   using M = MmaType<T>;
-  using S = FwdMmaSmem<T, D, MT>;
+  using S = FwdMmaSmem<T, D, MT, NK>;
   constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8, QROWS = MT * kMmaTile;
+  constexpr int NT = 8 * NK, KEYS = NK * kMmaTile;  // n-tiles and keys per step
   constexpr bool kQRegs = fwd_q_in_registers<D, MT>();
   RADD_DYNAMIC_SMEM(smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + S::kQElems;  // two buffers
-  T* Vs = Ks + 2 * S::kTileElems;
+  T* Vs = Ks + 2 * S::kStepElems;
 
   const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile, n_q = (L + QROWS - 1) / QROWS;
   const int64_t qb = blockIdx.x % n_q, bh = blockIdx.x / n_q, b = bh / H, h = bh % H;
@@ -439,13 +446,20 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
   const int64_t qt_lo = q0 / kMmaTile, qt_hi = min(qt_lo + MT, n_t);  // the CTA's stats tiles
   const int64_t qt_w = (q0 + wrow) / kMmaTile;           // the warp's stats tile
   const bool warp_live = qt_w < n_t;                     // false: all of the warp's rows are past L
+  // Steps of KEYS keys (NK stats tiles): the first step >= js that holds a 64-key tile some warp
+  // sees part of (n_s if none).
+  const int64_t n_s = (L + KEYS - 1) / KEYS;
+  auto next_step = [&](int64_t js) {
+    const int64_t kt = next_key_tile_any(mp, b, qt_lo, qt_hi, js * NK, n_t, kMmaTile);
+    return kt < n_t ? kt / NK : n_s;
+  };
 
   load_tile_async<T, D, QROWS>(Qs, Q, b, q0, h, L);
   cp_async_commit();
-  int64_t kt = next_key_tile_any(mp, b, qt_lo, qt_hi, 0, n_t, kMmaTile);
-  if (kt < n_t) {
-    load_tile_async<T, D>(Ks, K, b, kt * kMmaTile, h, L);
-    load_tile_async<T, D>(Vs, V, b, kt * kMmaTile, h, L);
+  int64_t kt = next_step(0);  // the current step
+  if (kt < n_s) {
+    load_tile_async<T, D, KEYS>(Ks, K, b, kt * KEYS, h, L);
+    load_tile_async<T, D, KEYS>(Vs, V, b, kt * KEYS, h, L);
   }
   cp_async_commit();
   cp_async_wait<1>();  // Q has landed
@@ -473,30 +487,42 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
   }
 
   int buf = 0;
-  while (kt < n_t) {
-    const int64_t nxt = next_key_tile_any(mp, b, qt_lo, qt_hi, kt + 1, n_t, kMmaTile);
-    if (nxt < n_t) {  // prefetch the next needed tile into the other buffer
-      load_tile_async<T, D>(Ks + (buf ^ 1) * S::kTileElems, K, b, nxt * kMmaTile, h, L);
-      load_tile_async<T, D>(Vs + (buf ^ 1) * S::kTileElems, V, b, nxt * kMmaTile, h, L);
+  while (kt < n_s) {
+    const int64_t nxt = next_step(kt + 1);
+    if (nxt < n_s) {  // prefetch the next needed step into the other buffer
+      load_tile_async<T, D, KEYS>(Ks + (buf ^ 1) * S::kStepElems, K, b, nxt * KEYS, h, L);
+      load_tile_async<T, D, KEYS>(Vs + (buf ^ 1) * S::kStepElems, V, b, nxt * KEYS, h, L);
     }
     cp_async_commit();
-    cp_async_wait<1>();  // the current tile has landed
+    cp_async_wait<1>();  // the current step has landed
     __syncthreads();
-    const T* Kb = Ks + buf * S::kTileElems;
-    const T* Vb = Vs + buf * S::kTileElems;
-    const int64_t k0 = kt * kMmaTile;
-    // Warp-uniform: a warp whose rows see nothing of this tile only keeps the barriers.
-    const int vis = warp_live ? tile_visibility(mp, b, qt_w, kt, kMmaTile) : int(kTileHidden);
+    const T* Kb = Ks + buf * S::kStepElems;
+    const T* Vb = Vs + buf * S::kStepElems;
+    const int64_t k0 = kt * KEYS;
+    // Warp-uniform: a warp whose rows see nothing of this step only keeps the barriers. With two
+    // tiles per step: hidden if both are, visible only if both are (and both lie inside L).
+    int vis = kTileHidden;
+    if (warp_live) {
+      if constexpr (NK == 1) {
+        vis = tile_visibility(mp, b, qt_w, kt, kMmaTile);
+      } else {
+        const int v0 = tile_visibility(mp, b, qt_w, 2 * kt, kMmaTile);
+        const int v1 = 2 * kt + 1 < n_t ? tile_visibility(mp, b, qt_w, 2 * kt + 1, kMmaTile) : int(kTileHidden);
+        vis = v0 == kTileHidden && v1 == kTileHidden ? int(kTileHidden)
+              : v0 == kTileVisible && v1 == kTileVisible ? int(kTileVisible)
+                                                         : int(kTilePartial);
+      }
+    }
     if (vis != kTileHidden) {
-      // S = Q K^T for 16 MT rows x 64 keys: 8 n-tiles of 8 keys per m-tile. B[k = d][n = key] =
+      // S = Q K^T for 16 MT rows x KEYS keys: NT n-tiles of 8 keys per m-tile. B[k = d][n = key] =
       // K[key][d], so b[0] is the pair K[key g][2t, 2t+1] of the k step: the non-transposed
       // ldmatrix piece of the 8 x 8 block (keys, d). One x4 covers n-tiles nt, nt + 1 of a k step:
       // matrix i holds keys nt * 8 + 8 (i >> 1) .. + 7 and d columns 16 ks + 8 (i & 1) .. + 7.
-      float s[MT][8][4];
+      float s[MT][NT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+        for (int nt = 0; nt < NT; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
       const T* kr = Kb + ((lane / 16) * 8 + lane % 8) * LD + ((lane / 8) & 1) * 8;
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
@@ -511,7 +537,7 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
           }
         }
 #pragma unroll
-        for (int nt = 0; nt < 8; nt += 2) {
+        for (int nt = 0; nt < NT; nt += 2) {
           uint32_t bk[4];
           ldmatrix_x4(bk, kr + nt * 8 * LD + ks * 16);
 #pragma unroll
@@ -523,17 +549,17 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
-        fwd_softmax_tile<ND>(s[mt], m[mt], l[mt], o[mt], scale_log2, vis == kTilePartial, mp, b, k0,
+        fwd_softmax_tile<ND, NT>(s[mt], m[mt], l[mt], o[mt], scale_log2, vis == kTilePartial, mp, b, k0,
                              q0 + wrow + mt * 16 + g, t4);
       // O += P V. P's C fragments of n-tiles 2kk, 2kk+1 are exactly the A fragment of k step kk
       // (keys 16kk..16kk+15). V is stored [key][d]: B[k = key][n = d] comes from ldmatrix.trans;
       // matrix i of the x4 covers keys 16kk + 8 (i & 1) .. + 7 and d columns 8 nd + 8 (i >> 1) .. + 7,
       // giving the b[0], b[1] of n-tiles nd and nd + 1.
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
+      for (int kk = 0; kk < NT / 2; ++kk) {
         uint32_t a[MT][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) pack_p_fragment<M>(s[mt], kk, a[mt]);
+        for (int mt = 0; mt < MT; ++mt) pack_p_fragment<M, NT>(s[mt], kk, a[mt]);
         const T* vrow = Vb + (kk * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LD + (lane / 16) * 8;
 #pragma unroll
         for (int nd = 0; nd < ND; nd += 2) {

@@ -185,8 +185,11 @@ void run_case(const Case& c, unsigned seed) {
     });
   } else if constexpr (kMma) {
     const unsigned fwd_grid = unsigned(B * H * ((L + 64 * MT - 1) / (64 * MT)));
-    launch(EmuDim3{fwd_grid, 1, 1}, cu::kMmaThreads, cu::FwdMmaSmem<T, D, MT>::kBytes, [&] {
-      cu::fwd_mma_kernel<T, D, MT>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
+    // RADD_FAST_ATTENTION_KEY_TILE=128: 128-key blocks in the backward, 128-key steps in the forward
+    // of 128-query blocks.
+    constexpr int NK = KW == 8 ? 2 : 1;
+    launch(EmuDim3{fwd_grid, 1, 1}, cu::kMmaThreads, cu::FwdMmaSmem<T, D, MT, NK>::kBytes, [&] {
+      cu::fwd_mma_kernel<T, D, MT, NK>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
     });
   } else {
     launch(EmuDim3{grid, 1, 1}, cu::fma_threads<D>(), cu::FwdFmaSmem<T, D>::kBytes,
@@ -276,11 +279,12 @@ int main() {
   run_all<EmuBf16, 32, 2>(small, 100);
   run_all<EmuBf16, 128, 1>(small, 200);
   run_all<EmuBf16, 64, 1>(small, 250);
-  // The mma backward with 128-key blocks (RADD_FAST_ATTENTION_KEY_TILE=128), every head_dim: at
-  // L 130 the second block's last four warps hold no key inside L; causal at 256 has warps whose
-  // keys a query tile sees beside warps whose keys it does not.
-  run_all<EmuBf16, 64, 2, 8>(mma_cases, 1000);
-  run_all<EmuBf16, 32, 2, 8>(small, 1100);
+  // RADD_FAST_ATTENTION_KEY_TILE=128: the mma backward with 128-key blocks, every head_dim (at L 130
+  // the second block's last four warps hold no key inside L; causal at 256 has warps whose keys a
+  // query tile sees beside warps whose keys it does not), and the 64-query forward stepping over
+  // 128 keys (at L 130 a last step with one tile inside L, at 200 one that ends past L).
+  run_all<EmuBf16, 64, 1, 8>(mma_cases, 1000);
+  run_all<EmuBf16, 32, 1, 8>(small, 1100);
   run_all<EmuBf16, 128, 1, 8>(small, 1200);
   // The sm_90a wgmma forward and backward (RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma), every
   // head_dim.
