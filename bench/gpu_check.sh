@@ -4,7 +4,7 @@
 # racecheck and an Nsight Compute profile on small workloads, keep full logs, print a short table.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
 # Budget: the stage caps add up to 565 s (build 75, info 10, errors 25, errors_variants 40 (only
-# after a crash), tests 55, bench 90, sampler 45, sampler_ref 60, memcheck 20, racecheck 35,
+# after a crash), tests 60, bench 90, sampler 45, sampler_ref 60, memcheck 15, racecheck 35,
 # profile 15, train_profile 25, compile 40, wgmma 30); run it under a 585 s limit. On an H200 with 16 cores (2026-11-30) the stages took
 # build 50-67 s, tests 45 s, bench 71 s, memcheck 7 s, racecheck 30 s, profile 10 s, compile 32 s,
 # wgmma 27 s.
@@ -72,7 +72,7 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
   if want errors && grep -q "CRASHED" "$out/errors.log" 2>/dev/null; then
     stage errors_variants 40 bash bench/error_variants.sh "$py"
   fi
-  want tests && stage tests 55 "$py" -m pytest tests -m "cuda and not wgmma" -q -rfE -p no:cacheprovider "${par[@]}" $(tmo 60) \
+  want tests && stage tests 60 "$py" -m pytest tests -m "cuda and not wgmma" -q -rfE -p no:cacheprovider "${par[@]}" $(tmo 60) \
     --junitxml="$out/tests.xml"
   want bench && stage bench 90 "$py" -m pytest bench -m "cuda and not wgmma" -q -p no:cacheprovider $(tmo 40) --benchmark-json="$out/bench.json" \
     --benchmark-max-time=0.3 --benchmark-min-rounds=3 --ignore=bench/test_sampler.py \
@@ -96,7 +96,7 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
   if [ -n "$sanitizer" ] && [ "${RADD_FAST_SANITIZE:-1}" = 1 ]; then
     filt=(--kernel-name kns=radd_fast)  # kept only if this sanitizer accepts it (a 1 s probe)
     "$sanitizer" --tool memcheck "${filt[@]}" true > /dev/null 2>&1 || filt=()
-    want memcheck && stage memcheck 20 "$sanitizer" --tool memcheck --error-exitcode 3 "${filt[@]}" \
+    want memcheck && stage memcheck 15 "$sanitizer" --tool memcheck --error-exitcode 3 "${filt[@]}" \
       "$py" bench/sanitize_cases.py
     want racecheck && stage racecheck 35 "$sanitizer" --tool racecheck --error-exitcode 3 "${filt[@]}" \
       "$py" bench/sanitize_cases.py --only attention,loss,sampler
