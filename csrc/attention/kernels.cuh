@@ -285,8 +285,8 @@ __device__ __forceinline__ void load_tile_async(T* smem, const Rows<T>& src, int
 // as MT m-tiles of 16, so that every K / V fragment loaded from shared memory feeds MT mma
 // instructions. MT = 1 (64 queries per CTA) does one mma per 16 bytes of ldmatrix per lane; MT = 2
 // (128 queries, FlashAttention-2's tile for head_dim <= 128) does two, halving the shared-memory
-// traffic per FLOP and the K / V reads from L2 per query. Key tiles are 64 keys either way (the tile
-// of TileStats); a warp's rows lie in one 64-query stats tile, so each warp skips the key tiles
+// traffic per FLOP and the K / V reads from L2 per query. Masks are summarised per 64-key tile (the
+// tile of TileStats); a warp's rows lie in one 64-query stats tile, so each warp skips the key tiles
 // hidden from its own rows, and the CTA loads a key tile only if some warp needs it. NK = 2 (opt-in,
 // RADD_FAST_ATTENTION_KEY_TILE=128, with MT = 1) steps over two 64-key tiles at once: half the
 // barriers, row maxima and output rescalings per key. (MT = 2 with NK = 2, FlashAttention-2's
@@ -329,7 +329,7 @@ __device__ __forceinline__ int64_t next_query_tile_any(const MaskParams& mp, int
   return next_tile_any<false>(mp, b, kt_lo, kt_hi, qt, n_qt, tile);
 }
 
-// One m-tile's step of the online softmax over a 64-key tile (shared by the mma.sync and wgmma
+// One m-tile's step of the online softmax over 8 NT keys (shared by the mma.sync and wgmma
 // forward kernels, whose accumulator layouts agree): s holds this lane's scores of rows `row0`
 // (r = 0) and row0 + 8 (r = 1) against keys 8 nt + 2 t4 + {0, 1}; they are scaled to the base-2
 // domain, masked to -inf where `partial` and the key is hidden, and replaced by exp2(s - m); the
