@@ -3,9 +3,9 @@
 # GPU, check its error paths, run the CUDA tests and benchmarks, compute-sanitizer memcheck and
 # racecheck and an Nsight Compute profile on small workloads, keep full logs, print a short table.
 #   RADD_FAST_GPU_RESULTS=dir bash bench/gpu_check.sh     (default ./gpu_results)
-# Budget: the stage caps add up to 565 s (build 75, info 10, errors 25, errors_variants 40 (only
-# after a crash), tests 60, bench 90, sampler 45, sampler_ref 60, memcheck 15, racecheck 35,
-# profile 15, train_profile 25, compile 40, wgmma 30); run it under a 585 s limit. On an H200 with 16 cores (2026-11-30) the stages took
+# Budget: the stage caps add up to 565 s (build 75, info 8, errors 25, errors_variants 40 (only
+# after a crash), tests 60, bench 100, sampler 45, sampler_ref 60, memcheck 10, racecheck 35,
+# profile 12, train_profile 25, compile 40, wgmma 30); run it under a 585 s limit. On an H200 with 16 cores (2026-11-30) the stages took
 # build 50-67 s, tests 45 s, bench 71 s, memcheck 7 s, racecheck 30 s, profile 10 s, compile 32 s,
 # wgmma 27 s.
 #   RADD_FAST_STAGES=errors,tests (say) reruns only those stages after the build;
@@ -58,7 +58,7 @@ export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOB
 par=(); "$py" -c "import xdist" 2>/dev/null && par=(-n "${RADD_FAST_TEST_WORKERS:-8}")
 tmo() { "$py" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1"; }
 if stage build 75 "$py" setup.py build_ext --inplace; then
-  want info && stage info 10 "$py" -m radd_fast.info
+  want info && stage info 8 "$py" -m radd_fast.info
   # C++ argument errors of torch, of each CPU kernel and of each CUDA entry point must reach Python
   # (on 2026-11-29 / -30 the first one killed the process): each case in turn, a crash isolated to
   # its case, the first crash's native backtrace from cuda-gdb.
@@ -74,7 +74,7 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
   fi
   want tests && stage tests 60 "$py" -m pytest tests -m "cuda and not wgmma" -q -rfE -p no:cacheprovider "${par[@]}" $(tmo 60) \
     --junitxml="$out/tests.xml"
-  want bench && stage bench 90 "$py" -m pytest bench -m "cuda and not wgmma" -q -p no:cacheprovider $(tmo 40) --benchmark-json="$out/bench.json" \
+  want bench && stage bench 100 "$py" -m pytest bench -m "cuda and not wgmma" -q -p no:cacheprovider $(tmo 40) --benchmark-json="$out/bench.json" \
     --benchmark-max-time=0.3 --benchmark-min-rounds=3 --ignore=bench/test_sampler.py \
     --deselect "bench/test_train_step.py::test_train_step_compiled[cuda]"
   # Each sampler configuration is timed once; the new sampler's two in one process, the reference
@@ -96,7 +96,7 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
   if [ -n "$sanitizer" ] && [ "${RADD_FAST_SANITIZE:-1}" = 1 ]; then
     filt=(--kernel-name kns=radd_fast)  # kept only if this sanitizer accepts it (a 1 s probe)
     "$sanitizer" --tool memcheck "${filt[@]}" true > /dev/null 2>&1 || filt=()
-    want memcheck && stage memcheck 15 "$sanitizer" --tool memcheck --error-exitcode 3 "${filt[@]}" \
+    want memcheck && stage memcheck 10 "$sanitizer" --tool memcheck --error-exitcode 3 "${filt[@]}" \
       "$py" bench/sanitize_cases.py
     want racecheck && stage racecheck 35 "$sanitizer" --tool racecheck --error-exitcode 3 "${filt[@]}" \
       "$py" bench/sanitize_cases.py --only attention,loss,sampler
@@ -107,7 +107,7 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
   # each (bench/profile_cases.py; ten launches). The CSV is in profile.log, a digest in the table.
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)
   if [ -n "$ncu_bin" ]; then
-    want profile && stage profile 15 "$ncu_bin" --csv --clock-control none --section SpeedOfLight \
+    want profile && stage profile 12 "$ncu_bin" --csv --clock-control none --section SpeedOfLight \
       --section Occupancy --section LaunchStats -k 'regex:gemm_kernel|device_kernel|softmax_rows_kernel|fwd_mma_kernel|fwd_wgmma_kernel|bwd_mma_kernel|bwd_wgmma_kernel' \
       "$py" bench/profile_cases.py
   else

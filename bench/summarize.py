@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
         elif bj.exists():
             print(f"{name}: empty (stage cut short)")
     if groups:
-        print(f"{'benchmark group':<44} {'impl':<12} {'mean ms':>9} {'rate':>16} {'vs base':>7} {'peak MB':>9}")
+        print(f"{'benchmark group':<44} {'impl':<16} {'mean ms':>9} {'rate':>16} {'vs base':>7} {'peak MB':>9}")
         for g, rows in groups.items():
             base = rows[0]["extra_info"].get("baseline", "reference")
             ref = next((r["stats"]["mean"] for r in rows if r["extra_info"].get("impl") == base), None)
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
                 rate = (f"{e['TFLOP/s']} TFLOP/s" if "TFLOP/s" in e else f"{e['GB/s']} GB/s" if "GB/s" in e else per_s)
                 sp = f"{ref / mean:.2f}x" if ref else "-"
                 peak = f"{e['peak_MB']:.0f}" if e.get("peak_MB") is not None else ""
-                print(f"{g[:44]:<44} {e.get('impl', '?'):<12} {mean * 1e3:>9.3f} {rate:>16} {sp:>7} {peak:>9}")
+                print(f"{g[:44]:<44} {e.get('impl', '?'):<16} {mean * 1e3:>9.3f} {rate:>16} {sp:>7} {peak:>9}")
                 if "network_calls" in e:  # sampler runs: network calls and time outside the network
                     print(f"{'':<44}   network calls {e['network_calls']}, sequence evaluations "
                           f"{e.get('sequence_evaluations')}, outside the network {e.get('outside_network_pct', '?')}%")

@@ -62,6 +62,9 @@ def run_case(bench, device, dtype, shape, kind, impl, pass_):
     elif impl in ("fused", "fused-q64", "fused-k128", "fused-wgmma"):  # the caller set the variants' environment
         def forward():
             return radd_fast.masked_attention(q, k, v, pad, order, impl="fused")
+    elif impl == "auto":  # what the model runs: on CUDA without a mask, SDPA on radd_fast's backend order
+        def forward():
+            return radd_fast.masked_attention(q, k, v, pad, order)
     else:
         raise ValueError(impl)
 
@@ -103,6 +106,16 @@ def test_attention_cpu(bench, device, impl, kind, pass_):
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"D{s[3]}")
 def test_attention_cuda(bench, device, impl, pass_, shape):
     run_case(bench, device, torch.bfloat16, shape, "bidirectional", impl, pass_)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("pass_", ["fwd", "bwd"])
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"D{s[3]}")
+def test_attention_cuda_auto(bench, device, pass_, shape):
+    # impl="auto" on the model's (B, L, heads, D) layout, beside the "sdpa" row (torch's default order,
+    # FlashAttention-2 first): its differentiated forward ("bwd" times its backward) runs SDPA with
+    # cuDNN first on Hopper, its no-grad forward ("fwd") torch's order (RADD_FAST_SDPA_BACKEND).
+    run_case(bench, device, torch.bfloat16, shape, "bidirectional", "auto", pass_)
 
 
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)

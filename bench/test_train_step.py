@@ -1,7 +1,8 @@
 """One training step (forward, backward, AdamW) of the RADD model with the lambda-DCE loss:
 fused ops (impl="fused"), what `radd-fast train` runs by default (impl="auto": the fused ops, but on
 CUDA torch's SDPA for the unmasked attention, radd_fast.functional.sdpa_is_faster; on the CPU the
-same as "fused"), auto with the model's blocks under torch.compile ("auto+compile"), and the
+same as "fused"), auto with the model's blocks under torch.compile ("auto+compile"), on CUDA auto with
+torch's own SDPA backend order ("auto-torch-sdpa"; radd_fast.functional.sdpa_backend), and the
 pure-PyTorch reference path (impl="reference"); same model, batch and masks. Rate: tokens/s
 (sequence positions per second, masked or not)."""
 
@@ -24,6 +25,15 @@ def test_train_step(bench, device, impl):
     run_step(bench, device, impl)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+def test_train_step_torch_sdpa_order(bench, monkeypatch):
+    # auto with torch's own SDPA backend order (FlashAttention-2 first) instead of radd_fast's
+    # (cuDNN first on Hopper): what that choice is worth in a training step, in the same group.
+    monkeypatch.setenv("RADD_FAST_SDPA_BACKEND", "torch")
+    run_step(bench, torch.device("cuda"), "auto", label="auto-torch-sdpa")
+
+
 def test_train_step_compiled(bench, device):
     # What `radd-fast train --compile` runs: impl="auto" with every block under torch.compile, the
     # LayerNorm / GELU / residual work around the matmuls fused. Compiled in the warm-up call. (Until
@@ -32,7 +42,7 @@ def test_train_step_compiled(bench, device):
     run_step(bench, device, "auto", compile_blocks=True)
 
 
-def run_step(bench, device, impl, compile_blocks=False):
+def run_step(bench, device, impl, compile_blocks=False, label=None):
     case = CASES[device.type]
     torch.manual_seed(0)
     model = RADD(preset(case["preset"]), impl=impl).to(device)
@@ -53,7 +63,7 @@ def run_step(bench, device, impl, compile_blocks=False):
         opt.step()
 
     n_tokens = x0.numel()
-    bench(step, group=f"train step {case['preset']} {device.type}", impl=impl + ("+compile" if compile_blocks else ""),
+    bench(step, group=f"train step {case['preset']} {device.type}", impl=label or impl + ("+compile" if compile_blocks else ""),
           device=device,
           dtype=case["dtype"] or torch.float32, shape=x0.shape, per_s={"tokens": n_tokens},
           params=model.num_parameters())

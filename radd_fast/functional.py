@@ -4,7 +4,8 @@
   for the input's device, else the reference implementation; except that ``masked_attention``
   hands plain bidirectional attention on CUDA (no padding, no order; bf16/fp16; head_dim 64 or
   128) to torch's scaled_dot_product_attention, whose FlashAttention-2 backend measured 2.0x
-  faster forward and 2.8x backward than ours on an H200 (bench/RESULTS.md);
+  faster forward and 2.8x backward than ours on an H200 (bench/RESULTS.md), with its cuDNN backend
+  first on Hopper (``RADD_FAST_SDPA_BACKEND``, :func:`sdpa_backend`);
 * ``"fused"``: the compiled kernel, or an error that says why it is unavailable and how to fix it;
 * ``"reference"``: the pure-PyTorch oracle of radd_fast.reference.
 """
@@ -12,8 +13,10 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import _checks, _extension, ops, reference
 
@@ -151,13 +154,12 @@ def masked_attention(
         impl = "reference"
     if impl == "auto" and sdpa_is_faster(q, key_padding_mask, order):
         _checks.check_masked_attention(q, k, v, key_padding_mask, order, scale, "masked_attention")
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
-        return out.transpose(1, 2)
+        return sdpa_bidirectional(q, k, v, scale)
     if not use_fused("masked_attention_fwd", impl, q.device):
         _checks.check_masked_attention(q, k, v, key_padding_mask, order, scale, "masked_attention")
         return reference.masked_attention(q, k, v, key_padding_mask, order, strict, scale)
     return ops.masked_attention_fwd(q, k, v, key_padding_mask, order, strict, scale)[0]
+
 
 def sdpa_is_faster(q: torch.Tensor, key_padding_mask: torch.Tensor | None, order: torch.Tensor | None) -> bool:
     """Whether ``masked_attention(impl="auto")`` hands this call to torch's SDPA: the one case where
@@ -171,6 +173,52 @@ def sdpa_is_faster(q: torch.Tensor, key_padding_mask: torch.Tensor | None, order
     if dtype == torch.float32 and torch.is_autocast_enabled("cuda"):
         dtype = torch.get_autocast_dtype("cuda")
     return dtype in (torch.bfloat16, torch.float16)
+
+
+def sdpa_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Unmasked attention of (B, L, heads, head_dim) inputs through torch's SDPA, on the backend
+    order that :func:`sdpa_backend` chooses (no copy: SDPA reads the transposed views)."""
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    differentiated = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if sdpa_backend(q.device.type, q.device.index, differentiated) == "cudnn":
+        with sdpa_kernel(CUDNN_FIRST, set_priority=True):
+            out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, scale=scale)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, scale=scale)
+    return out.transpose(1, 2)
+
+
+SDPA_BACKENDS = ("auto", "cudnn", "torch")
+# cuDNN first; where it declines a call (its own checks: cuDNN version, shape, layout) the next
+# backend that accepts it runs, in torch's usual order.
+CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa_backend_choice(setting: str, capability: tuple[int, int], differentiated: bool = True) -> str:
+    """``"cudnn"`` (SDPA with its cuDNN backend first) or ``"torch"`` (torch's own order, which puts
+    FlashAttention-2 first) for a ``RADD_FAST_SDPA_BACKEND`` setting, on a GPU of this compute
+    capability, for a call that autograd will differentiate or not. ``auto`` takes cuDNN on Hopper
+    (9.x) for differentiated calls: there cuDNN measured 1.7-2.3x faster than torch's default for
+    training shapes at the same accuracy, and slower on Ampere and Blackwell
+    (huggingface/transformers#48163, six GPUs; our H200 figures: bench/RESULTS.md). Inference
+    keeps torch's order: its forward-only gain is small, and the sampler's shrinking batches would
+    each make cuDNN build and cache another execution plan on the host."""
+    if setting not in SDPA_BACKENDS:
+        raise ValueError(f"RADD_FAST_SDPA_BACKEND must be 'auto', 'cudnn' or 'torch', got {setting!r}")
+    if setting == "auto":
+        return "cudnn" if capability[0] == 9 and differentiated else "torch"
+    return setting
+
+
+@torch.compiler.assume_constant_result
+def sdpa_backend(device_type: str, device_index: int | None, differentiated: bool = True) -> str:
+    """:func:`sdpa_backend_choice` for the ``RADD_FAST_SDPA_BACKEND`` environment variable (default
+    ``auto``) on this device (``auto`` off CUDA: torch's order). Under torch.compile it is read
+    when a graph is traced (a constant of the graph, not a graph break)."""
+    setting = os.environ.get("RADD_FAST_SDPA_BACKEND", "auto")
+    on_cuda = device_type == "cuda" and setting == "auto"
+    capability = torch.cuda.get_device_capability(device_index) if on_cuda else (0, 0)
+    return sdpa_backend_choice(setting, capability, differentiated)
 
 
 # ------------------------------------------------------------------------------------ linear_dce_loss

@@ -38,6 +38,16 @@ def report() -> str:
             p = torch.cuda.get_device_properties(i)
             lines.append(f"gpu {i}     {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB, "
                          f"{p.multi_processor_count} SMs")
+        from .functional import sdpa_backend
+
+        name = {"cudnn": "cuDNN first", "torch": "torch's order"}
+        try:
+            dev = torch.cuda.current_device()
+            order = (f"training {name[sdpa_backend('cuda', dev, True)]}, "
+                     f"inference {name[sdpa_backend('cuda', dev, False)]}")
+        except ValueError as e:
+            order = f"invalid setting: {e}"
+        lines.append(f"sdpa      unmasked attention under impl='auto': SDPA, {order} (RADD_FAST_SDPA_BACKEND)")
     else:
         lines.append("gpu       none visible")
     names = _extension.op_names()

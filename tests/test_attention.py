@@ -609,10 +609,80 @@ def test_auto_routes_only_measured_faster_case_to_sdpa(device_type, dtype, D, ma
         assert radd_fast.functional.sdpa_is_faster(q, None, torch.zeros(2, 8, dtype=torch.long)) is False
 
 
+@pytest.mark.parametrize("setting,capability,differentiated,expected", [
+    ("auto", (9, 0), True, "cudnn"),    # Hopper, training: cuDNN first
+    ("auto", (9, 0), False, "torch"),   # inference: torch's own order (FlashAttention-2 first)
+    ("auto", (8, 0), True, "torch"),    # Ampere, Blackwell: torch's order
+    ("auto", (10, 0), True, "torch"),
+    ("cudnn", (8, 6), False, "cudnn"),  # an explicit choice holds everywhere
+    ("torch", (9, 0), True, "torch"),
+])
+def test_sdpa_backend_choice(setting, capability, differentiated, expected):
+    assert radd_fast.functional.sdpa_backend_choice(setting, capability, differentiated) == expected
+
+
+def test_sdpa_backend_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("RADD_FAST_SDPA_BACKEND", "flash")
+    with pytest.raises(ValueError, match="RADD_FAST_SDPA_BACKEND must be 'auto', 'cudnn' or 'torch', got 'flash'"):
+        radd_fast.functional.sdpa_backend("cuda", 0)
+    monkeypatch.setenv("RADD_FAST_SDPA_BACKEND", "auto")
+    assert radd_fast.functional.sdpa_backend("cpu", None) == "torch"  # no CUDA query off CUDA
+
+
+@pytest.mark.parametrize("setting,orders", [("cudnn", 1), ("torch", 0)])
+def test_sdpa_bidirectional_sets_the_backend_order(setting, orders, monkeypatch):
+    # "cudnn" runs SDPA inside torch's sdpa_kernel(cuDNN, flash, efficient, math; set_priority);
+    # "torch" leaves torch's order alone.
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def recorder(backends, set_priority=False):
+        entered.append((list(backends), set_priority))
+        yield
+
+    monkeypatch.setenv("RADD_FAST_SDPA_BACKEND", setting)
+    monkeypatch.setattr(radd_fast.functional, "sdpa_kernel", recorder)
+    q, k, v = qkv(1, 9, 2, 8, torch.float32, torch.device("cpu"))
+    radd_fast.functional.sdpa_bidirectional(q, k, v, 0.5)
+    assert entered == [(radd_fast.functional.CUDNN_FIRST, True)] * orders
+    assert radd_fast.functional.CUDNN_FIRST[0] == torch.nn.attention.SDPBackend.CUDNN_ATTENTION
+    assert len(set(radd_fast.functional.CUDNN_FIRST)) == 4  # every backend stays available
+
+
+@pytest.mark.parametrize("setting", ["cudnn", "torch"])
+def test_sdpa_bidirectional_under_compile(setting, monkeypatch):
+    # The SDPA path of impl="auto" (CUDA only) is one graph under torch.compile, with the backend
+    # order in force (fullgraph: a graph break raises); here on the CPU, where SDPA runs whichever
+    # backend of the order accepts the call. Its value and gradients are those of the reference.
+    monkeypatch.setenv("RADD_FAST_SDPA_BACKEND", setting)
+    torch._dynamo.reset()
+    B, L, H, D = 2, 37, 3, 16
+    q, k, v = (t.double().requires_grad_(True) for t in qkv(B, L, H, D, torch.float32, torch.device("cpu")))
+    f = torch.compile(lambda q, k, v: radd_fast.functional.sdpa_bidirectional(q, k, v, 0.3) * 2, fullgraph=True)
+    out = f(q, k, v)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    qd, kd, vd = (t.detach().requires_grad_(True) for t in (q, k, v))
+    truth = R.masked_attention(qd, kd, vd, scale=0.3) * 2
+    want = torch.autograd.grad(truth, (qd, kd, vd), g)
+    torch.testing.assert_close(out, truth, rtol=1e-10, atol=1e-12)
+    for got, w in zip(grads, want):
+        torch.testing.assert_close(got, w, rtol=1e-10, atol=1e-12)
+    torch._dynamo.reset()
+
+
+SDPA_SETTINGS = list(radd_fast.functional.SDPA_BACKENDS)
+
+
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
-def test_cuda_auto_bidirectional_goes_through_sdpa(device, monkeypatch):
+@pytest.mark.parametrize("setting", SDPA_SETTINGS)
+def test_cuda_auto_bidirectional_goes_through_sdpa(device, setting, monkeypatch):
     # impl="auto" with no mask in bf16 calls SDPA once, and its output and gradients are within 2x of
-    # torch's own bf16 error against float64 (they are torch's); fp32 inputs under autocast too.
+    # torch's own bf16 error against float64 (they are torch's); fp32 inputs under autocast too; with
+    # each backend order.
+    monkeypatch.setenv("RADD_FAST_SDPA_BACKEND", setting)
     calls = []
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
@@ -634,3 +704,22 @@ def test_cuda_auto_bidirectional_goes_through_sdpa(device, monkeypatch):
     radd_fast.masked_attention(q, k, v, impl="fused")  # "fused" is always our kernel
     radd_fast.masked_attention(q, k, v, order=make_order("causal", B, L, device))  # masked: ours
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("D", [64, 128])
+def test_cuda_auto_takes_cudnn_attention_on_hopper(device, D, monkeypatch):
+    # What `auto` promises on Hopper: cuDNN's kernels run the forward and the backward for the
+    # model's layout (strided (B, L, heads, D) views), not a silent fall-back to FlashAttention-2.
+    if torch.cuda.get_device_capability(device)[0] != 9:
+        pytest.skip("auto prefers cuDNN on compute capability 9.x only")
+    monkeypatch.delenv("RADD_FAST_SDPA_BACKEND", raising=False)
+    qkv_packed = torch.randn(2, 256, 3, 4, D, device=device, dtype=torch.bfloat16, requires_grad=True)
+    q, k, v = qkv_packed.unbind(2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        radd_fast.masked_attention(q, k, v).sum().backward()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    # torch's own FlashAttention-2 kernels live in namespace pytorch_flash, its memory-efficient
+    # ones are CUTLASS "fmha_cutlass" kernels; cuDNN's names vary with its version.
+    assert names and not any("pytorch_flash" in n or "fmha_cutlass" in n for n in names), names
