@@ -41,13 +41,17 @@ def wgmma_built(device) -> bool:
     return device == "cuda" and torch.cuda.get_device_capability() == (9, 0) and "9.0a" in arch
 
 
-def attention(device, dtype, D, masked, engine="auto"):
-    # CUDA bf16 / fp16: the mma.sync or the wgmma kernels, forward and backward
-    os.environ["RADD_FAST_ATTENTION_FORWARD"] = os.environ["RADD_FAST_ATTENTION_BACKWARD"] = engine
+def attention(device, dtype, D, masked, engine="auto", backward=None, key_tile="auto"):
+    # CUDA bf16 / fp16: the mma.sync or the wgmma kernels (forward `engine`, backward `backward`,
+    # default the same), on 64- or 128-key tiles (RADD_FAST_ATTENTION_KEY_TILE)
+    settings = {"RADD_FAST_ATTENTION_FORWARD": engine, "RADD_FAST_ATTENTION_BACKWARD": backward or engine,
+                "RADD_FAST_ATTENTION_KEY_TILE": key_tile}
+    os.environ.update(settings)
     try:
         return _attention(device, dtype, D, masked)
     finally:
-        del os.environ["RADD_FAST_ATTENTION_FORWARD"], os.environ["RADD_FAST_ATTENTION_BACKWARD"]
+        for name in settings:
+            del os.environ[name]
 
 
 def _attention(device, dtype, D, masked):
@@ -156,10 +160,16 @@ def cases(device: str):
         yield f"sampler float32 top_k {k} top_p {p}", torch.float32, lambda k=k, p=p: sampler(device, torch.float32, k, p)
     for B, L, n in ((3, 40, 17), (5, 33, 128)):
         yield f"schedule B {B} L {L} steps {n}", torch.float64, lambda B=B, L=L, n=n: schedule(device, B, L, n)
+    for D, masked in ((64, True), (128, False)):  # 128-key tiles: the mma backward, the mma forward
+        yield f"attention {bf16} D {D} {'masked' if masked else 'plain'} k128", bf16, \
+            lambda D=D, m=masked: attention(device, bf16, D, m, key_tile="128")
     if wgmma_built(device):  # last: a fault in these kernels (never yet run on a GPU) cannot spoil the others
         for D, masked in ((64, True), (128, False)):
             yield f"attention {bf16} D {D} {'masked' if masked else 'plain'} wgmma", bf16, \
                 lambda D=D, m=masked: attention(device, bf16, D, m, "wgmma")
+        for D, masked in ((64, True), (128, False)):  # the wgmma forward's 128-key steps, mma backward
+            yield f"attention {bf16} D {D} {'masked' if masked else 'plain'} wgmma k128", bf16, \
+                lambda D=D, m=masked: attention(device, bf16, D, m, "wgmma", "mma", "128")
 
 
 def main(argv=None) -> int:

@@ -558,6 +558,40 @@ def test_cuda_wgmma_kernels(device, monkeypatch, dtype, D, pattern, L):
 
 @pytest.mark.wgmma
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("pattern,L", [("none", 200), ("any_order", 200), ("causal", 1000), ("block", 1000)])
+def test_cuda_wgmma_forward_key_tiles(device, monkeypatch, D, pattern, L):
+    # RADD_FAST_ATTENTION_KEY_TILE=128 with the wgmma forward: 128-key steps on 192-query blocks
+    # (128 at head_dim 128), against float64 and the 64-key wgmma forward. L = 200: a last step that
+    # ends past L, a block with warpgroups past L; padding leaves a sequence without keys.
+    if not _wgmma_expected(device):
+        pytest.skip("the wgmma kernels need an sm_90 GPU and a 9.0a build (test_cuda_wgmma_kernels checks the error)")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
+    B, H = 2, 3
+    q, k, v = qkv(B, L, H, D, torch.bfloat16, device)
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, "empty_row")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
+    out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+    truth, truth_lse = R.masked_attention(q.double(), k.double(), v.double(), padm, order, return_lse=True)
+    seen = torch.isfinite(truth_lse)
+    assert (~seen).any() and torch.equal(torch.isfinite(lse), seen)
+    torch.testing.assert_close(lse.double()[seen], truth_lse[seen], rtol=1e-5, atol=1e-5)
+    assert ((out.double() - truth).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
+    assert_no_key_rows_are_zero(out, padm, order, False)
+    monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "64")
+    out64, _ = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+    assert ((out.double() - out64.double()).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
+    # The wgmma backward keeps its own blocks: a key tile for it is an error that says so.
+    monkeypatch.setenv("RADD_FAST_ATTENTION_BACKWARD", "wgmma")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
+    with pytest.raises(ValueError, match="the wgmma backward .* sizes its own blocks"):
+        radd_fast.ops.masked_attention_bwd(torch.randn_like(out), q, k, v, out, lse, None, padm, order, False,
+                                           D ** -0.5)
+
+
+@pytest.mark.wgmma
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("D", [64, 128])
 def test_cuda_wgmma_within_twice_torch_error(device, monkeypatch, dtype, D):

@@ -231,7 +231,8 @@ enum class TcKernel {
   kMma64,       // forward: 64-query blocks, 64-key steps; backward: 64-key blocks
   kMma128,      // forward: 128-query blocks, 64-key steps; backward: 128-key blocks
   kMma64K128,   // forward only: 64-query blocks, 128-key steps
-  kWgmma
+  kWgmma,       // sm_90a: forward 64-key steps, backward 64-key blocks
+  kWgmmaK128    // sm_90a forward only: 128-key steps (192-query blocks; 128 at head_dim 128)
 };
 // Dynamic shared memory per block of the kernel for this dtype and head_dim (32, 64 or 128).
 size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, TcKernel kernel);

@@ -64,7 +64,8 @@ template <typename T, int D>
 size_t smem_of(bool backward, TcKernel kernel) {
   constexpr bool mma = std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>;
   if constexpr (mma) {
-    if (kernel == TcKernel::kWgmma) return wgmma_smem_bytes(D, backward);
+    if (kernel == TcKernel::kWgmma || kernel == TcKernel::kWgmmaK128)
+      return wgmma_smem_bytes(D, backward, kernel == TcKernel::kWgmmaK128);
     if (backward) return kernel == TcKernel::kMma128 ? BwdMmaSmem<T, D, 8>::kBytes : BwdMmaSmem<T, D, 4>::kBytes;
     if (kernel == TcKernel::kMma64K128) return FwdMmaSmem<T, D, 1, 2>::kBytes;
     if constexpr (D <= 64) {
@@ -113,7 +114,8 @@ void fwd_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
   const at::Tensor qa = aligned16(q), ka = aligned16(k), va = aligned16(v);
   with_head_dim(q.size(3), [&](auto d) {
     constexpr int D = decltype(d)::value;
-    if (kernel == TcKernel::kWgmma) return launch_fwd_wgmma(qa, ka, va, mp, scale, out, lse);
+    if (kernel == TcKernel::kWgmma || kernel == TcKernel::kWgmmaK128)
+      return launch_fwd_wgmma(qa, ka, va, mp, scale, kernel == TcKernel::kWgmmaK128, out, lse);
     if (kernel == TcKernel::kMma64K128) return launch_fwd_mma<T, D, 1, 2>(qa, ka, va, mp, scale, out, lse, stream);
     if constexpr (D <= 64) {  // 128-query blocks at head_dim 128 spill registers (see kernels.cuh)
       if (kernel == TcKernel::kMma128) return launch_fwd_mma<T, D, 2>(qa, ka, va, mp, scale, out, lse, stream);

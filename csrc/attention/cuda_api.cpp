@@ -52,7 +52,8 @@ void check_smem(const at::Tensor& q, bool backward, TcKernel kernel, const char*
 //   RADD_FAST_ATTENTION_KEY_TILE = auto | 64 | 128, for the mma kernels: keys per backward block (4
 //     or 8 warps of 16 keys) and keys per forward step; 128 runs the forward on 64-query blocks (128
 //     queries x 128 keys spill registers); auto = 64 until a GPU run has measured 128 (the
-//     benchmark's `fused-k128` rows).
+//     benchmark's `fused-k128` rows). With the wgmma forward, 128 selects its 128-key steps
+//     (fwd_wgmma.cuh; `fused-wgmma-k128`); the wgmma backward sizes its own blocks.
 bool use_wgmma(const at::Tensor& q, const char* var, const char* op) {
   const char* env = std::getenv(var);
   const std::string engine = env && *env ? env : "auto";
@@ -70,18 +71,18 @@ bool low_precision(const at::Tensor& q) {
   return q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
 }
 
-// RADD_FAST_ATTENTION_KEY_TILE, checked: "auto", "64" or "128". The wgmma kernels size their own
-// blocks, so with one of them selected anything but auto is an error.
-std::string key_tile_setting(bool wgmma, const char* op) {
+// RADD_FAST_ATTENTION_KEY_TILE, checked: "auto", "64" or "128". The wgmma backward sizes its own
+// blocks, so with it selected (wgmma_backward) anything but auto is an error.
+std::string key_tile_setting(bool wgmma_backward, const char* op) {
   const char* env = std::getenv("RADD_FAST_ATTENTION_KEY_TILE");
   const std::string tile = env && *env ? env : "auto";
   TORCH_CHECK_VALUE(tile == "auto" || tile == "64" || tile == "128",
                     msg("radd_fast.", op, ": RADD_FAST_ATTENTION_KEY_TILE must be 'auto', '64' or '128', got '", tile,
                         "'"));
-  TORCH_CHECK_VALUE(!wgmma || tile == "auto",
+  TORCH_CHECK_VALUE(!wgmma_backward || tile == "auto",
                     msg("radd_fast.", op,
-                        ": RADD_FAST_ATTENTION_KEY_TILE applies to the mma kernels; the wgmma kernels "
-                        "(RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma) size their own blocks"));
+                        ": RADD_FAST_ATTENTION_KEY_TILE applies to the mma kernels and the wgmma forward; the "
+                        "wgmma backward (RADD_FAST_ATTENTION_BACKWARD=wgmma) sizes its own blocks"));
   return tile;
 }
 
@@ -92,13 +93,13 @@ TcKernel forward_kernel(const at::Tensor& q, const char* op) {
   const std::string tile = tile_env && *tile_env ? tile_env : "auto";
   TORCH_CHECK_VALUE(tile == "auto" || tile == "64",
                     msg("radd_fast.", op, ": RADD_FAST_ATTENTION_QUERY_TILE must be 'auto' or '64', got '", tile, "'"));
-  const std::string keys = key_tile_setting(wgmma, op);
+  const std::string keys = key_tile_setting(false, op);
   if (wgmma) {
     TORCH_CHECK_VALUE(tile == "auto",
                       msg("radd_fast.", op,
                           ": RADD_FAST_ATTENTION_QUERY_TILE=64 applies to the mma forward; the wgmma forward "
                           "(RADD_FAST_ATTENTION_FORWARD=wgmma) sizes its own blocks"));
-    return TcKernel::kWgmma;
+    return keys == "128" ? TcKernel::kWgmmaK128 : TcKernel::kWgmma;
   }
   if (keys == "128") return TcKernel::kMma64K128;
   return tile == "auto" && q.size(3) <= 64 ? TcKernel::kMma128 : TcKernel::kMma64;

@@ -27,16 +27,16 @@ __global__ void wgmma_probe_kernel(int* out) {
 #endif
 }
 
-template <typename T, int D>
+template <typename T, int D, int NK>
 void fwd_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp, double scale,
                at::Tensor& out, at::Tensor& lse) {
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2);
-  constexpr int64_t kQueries = fwd_wgmma_queries<D>();
+  constexpr int64_t kQueries = fwd_wgmma_queries<D, NK>();
   const int64_t grid = grid_size(B * H * ((L + kQueries - 1) / kQueries));
-  auto kernel = fwd_wgmma_kernel<T, D>;
-  constexpr size_t smem = FwdWgmmaSmem<T, D>::kBytes;
+  auto kernel = fwd_wgmma_kernel<T, D, NK>;
+  constexpr size_t smem = FwdWgmmaSmem<T, D, NK>::kBytes;
   set_smem(kernel, smem);
-  kernel<<<grid, fwd_wgmma_threads<D>(), smem, c10::cuda::getCurrentCUDAStream()>>>(
+  kernel<<<grid, fwd_wgmma_threads<D, NK>(), smem, c10::cuda::getCurrentCUDAStream()>>>(
       rows<T>(q), rows<T>(k), rows<T>(v), reinterpret_cast<T*>(out.data_ptr()), lse.data_ptr<float>(), mp, H,
       static_cast<float>(scale) * kLog2e);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -89,19 +89,22 @@ bool wgmma_available(int device) {
   return yes;
 }
 
-size_t wgmma_smem_bytes(int64_t head_dim, bool backward) {
+size_t wgmma_smem_bytes(int64_t head_dim, bool backward, bool keys128) {
   size_t bytes = 0;  // the same for bf16 and fp16
   with_head_dim(head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    bytes = backward ? BwdWgmmaSmem<__nv_bfloat16, D>::kBytes : FwdWgmmaSmem<__nv_bfloat16, D>::kBytes;
+    bytes = backward  ? BwdWgmmaSmem<__nv_bfloat16, D>::kBytes
+            : keys128 ? FwdWgmmaSmem<__nv_bfloat16, D, 2>::kBytes
+                      : FwdWgmmaSmem<__nv_bfloat16, D>::kBytes;
   });
   return bytes;
 }
 
 void launch_fwd_wgmma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp,
-                      double scale, at::Tensor& out, at::Tensor& lse) {
+                      double scale, bool keys128, at::Tensor& out, at::Tensor& lse) {
   with_type_and_dim(q, [&](auto t, auto d) {
-    fwd_typed<decltype(t), decltype(d)::value>(q, k, v, mp, scale, out, lse);
+    if (keys128) fwd_typed<decltype(t), decltype(d)::value, 2>(q, k, v, mp, scale, out, lse);
+    else fwd_typed<decltype(t), decltype(d)::value, 1>(q, k, v, mp, scale, out, lse);
   });
 }
 

@@ -7,8 +7,8 @@
 //
 // CTA = (b, h, 64 G queries), G warpgroups of 64 query rows (warp w owns rows 16 w..16 w+15, as in
 // the mma.sync kernel with 16 rows per warp, because wgmma's accumulator layout per warp is
-// mma.sync's). Key tiles of 64 keys, loaded by cp.async into two slots each for K and V and
-// shared by the warpgroups:
+// mma.sync's). Steps of 64 NK keys (NK = 1, or 2 with RADD_FAST_ATTENTION_KEY_TILE=128), loaded by
+// cp.async into two slots each for K and V and shared by the warpgroups (shown for NK = 1):
 //   S (64 x 64 per warpgroup) = Q K^T: wgmma m64n64k16, A = the warpgroup's Q rows, B = the K
 //     tile (N = key, K = d: "K-major"), both from shared memory (Q there rather than in
 //     registers leaves room for the pipeline's second set of scores).
@@ -35,44 +35,54 @@
 
 namespace radd_fast::attention::cuda {
 
-// Warpgroups per CTA, G. The two warpgroups of a CTA share each K / V tile -- half the L2 reads
-// per query: at B 16, heads 12, L 1,024, head_dim 64 one warpgroup per CTA would read ~0.8 GB of
-// K / V per forward, ~6 TB/s at the 400 TFLOP/s target, at the limit of an H100-class L2 -- but
-// meet at a barrier per tile. Two 256-thread CTAs per SM need <= 128 registers per thread: at
-// head_dim <= 64 the kernel is held to that (ptxas, CUDA 13, sm_90a: ~138 when free at head_dim
-// 64, 128 with 60 bytes spilled, a few local loads per tile; 118 at head_dim 32). At head_dim 128
-// (180 registers) one 256-thread CTA would fill the SM alone: there G = 1, two 128-thread CTAs
-// per SM (shared memory, 80 KB each, allows no third).
-template <int D>
+// Warpgroups per CTA, G, for NK x 64 keys per step. The warpgroups of a CTA share each K / V tile
+// -- a fraction of the L2 reads per query: at B 16, heads 12, L 1,024, head_dim 64 one warpgroup
+// per CTA would read ~0.8 GB of K / V per forward, ~6 TB/s at the 400 TFLOP/s target, at the limit
+// of an H100-class L2 -- but meet at a barrier per tile.
+//   NK = 1 (64-key steps, the default): two 256-thread CTAs per SM need <= 128 registers per
+//   thread: at head_dim <= 64 the kernel is held to that (ptxas, CUDA 13, sm_90a: ~138 when free at
+//   head_dim 64, 128 with 60 bytes spilled, a few local loads per tile; 118 at head_dim 32). At
+//   head_dim 128 (180 registers) one 256-thread CTA would fill the SM alone: there G = 1, two
+//   128-thread CTAs per SM (shared memory, 80 KB each, allows no third).
+//   NK = 2 (128-key steps, RADD_FAST_ATTENTION_KEY_TILE=128): each S product is one m64n128k16 per
+//   k step, which reads a third less shared memory per FLOP than m64n64k16 -- with Q read from
+//   shared memory too, the 64-key S product needs the SM's whole shared-memory bandwidth (4 KB per
+//   32 tensor-core cycles) -- and half the barriers, row maxima and rescalings per key. G = 2, one
+//   CTA per SM: the scores of the next step (64 registers), P of this one (32) and the output (D /
+//   2) are live together: 168 / 188 / 228 registers at head_dim 32 / 64 / 128 (ptxas, CUDA 13,
+//   sm_90a; no spills).
+//   FlashAttention-3's 192 x 128 tile at head_dim 64 (G = 3, <= 168 registers) spilled 284 bytes:
+//   its consumers get their registers from a producer warpgroup that this kernel does not have.
+template <int D, int NK = 1>
 constexpr int fwd_wgmma_groups() {
-  return D >= 128 ? 1 : 2;
+  return NK == 1 && D >= 128 ? 1 : 2;
 }
-template <int D>
+template <int D, int NK = 1>
 constexpr int fwd_wgmma_threads() {
-  return 128 * fwd_wgmma_groups<D>();
+  return 128 * fwd_wgmma_groups<D, NK>();
 }
-template <int D>
+template <int D, int NK = 1>
 constexpr int fwd_wgmma_queries() {  // queries per CTA
-  return 64 * fwd_wgmma_groups<D>();
+  return 64 * fwd_wgmma_groups<D, NK>();
 }
 
-template <typename T, int D>
+template <typename T, int D, int NK = 1>
 struct FwdWgmmaSmem {
-  static constexpr int kQElems = fwd_wgmma_queries<D>() * D;                // core-matrix layout
-  static constexpr int kTileElems = kMmaTile * D;                           // core-matrix layout
-  static constexpr size_t kBytes = sizeof(T) * (kQElems + 4 * kTileElems);  // Q, K x 2, V x 2
+  static constexpr int kQElems = fwd_wgmma_queries<D, NK>() * D;            // core-matrix layout
+  static constexpr int kStepElems = NK * kMmaTile * D;                      // one K or V step, same
+  static constexpr size_t kBytes = sizeof(T) * (kQElems + 4 * kStepElems);  // Q, K x 2, V x 2
 };
 
-// One thread's share of copying rows [row0, row0 + 64) of one head into a tile in the core-matrix
+// One thread's share of copying rows [row0, row0 + ROWS) of one head into a tile in the core-matrix
 // layout (zeros past L), for a block of THREADS threads. Eight consecutive threads fill one
 // 128-byte core matrix (conflict-free) from 8 rows' 16-byte pieces; a thread's row, column piece
 // and place in the tile are the same for every tile, so it keeps only those, the head's base and
 // the row stride: loaded every key tile inside the pipelined loops, the general Rows addressing
 // kept ~35 more registers live there (ptxas, sm_90a, head_dim 64).
-template <typename T, int D, int THREADS>
+template <typename T, int D, int THREADS, int ROWS = kMmaTile>
 struct CoreTileLoader {
-  static constexpr int kChunks = D / 8, kIters = kMmaTile * kChunks / THREADS, kRowStep = THREADS / kChunks;
-  static_assert(THREADS % (8 * kChunks) == 0 && kIters * THREADS == kMmaTile * kChunks, "tile / thread mismatch");
+  static constexpr int kChunks = D / 8, kIters = ROWS * kChunks / THREADS, kRowStep = THREADS / kChunks;
+  static_assert(THREADS % (8 * kChunks) == 0 && kIters * THREADS == ROWS * kChunks, "tile / thread mismatch");
   const T* head;  // row 0 of (b, h), this thread's 8 columns
   int64_t ld;     // elements between rows
   int row, dst;   // this thread's first row in a tile and its element offset there
@@ -95,30 +105,33 @@ struct CoreTileLoader {
   }
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V,
-                                                                      T* __restrict__ out, float* __restrict__ lse,
-                                                                      MaskParams mp, int64_t H, float scale_log2) {
+template <typename T, int D, int NK = 1>
+__global__ void __launch_bounds__(fwd_wgmma_threads<D, NK>(), NK == 1 ? 2 : 1)
+    fwd_wgmma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, T* __restrict__ out, float* __restrict__ lse, MaskParams mp,
+                     int64_t H, float scale_log2) {
 #if defined(RADD_GEMM_HOST_EMULATION) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  static_assert(NK == 1 || NK == 2, "64 or 128 keys per step");
   using M = MmaType<T>;
-  using S = FwdWgmmaSmem<T, D>;
+  using S = FwdWgmmaSmem<T, D, NK>;
   using gpu::wgmma_commit;
   using gpu::wgmma_desc;
   using gpu::wgmma_fence;
   using gpu::wgmma_fence_operand;
   using gpu::wgmma_wait;
-  constexpr int KS = D / 16, ND = D / 8, G = fwd_wgmma_groups<D>();
-  constexpr int THREADS = fwd_wgmma_threads<D>(), QROWS = fwd_wgmma_queries<D>();
+  constexpr int KS = D / 16, ND = D / 8, G = fwd_wgmma_groups<D, NK>();
+  constexpr int THREADS = fwd_wgmma_threads<D, NK>(), QROWS = fwd_wgmma_queries<D, NK>();
+  constexpr int KEYS = NK * kMmaTile, NT = KEYS / 8, KK = KEYS / 16;  // keys, n-tiles, P V k steps per step
   // Descriptor strides in bytes: along d one core matrix (128 B), along keys 8 rows of D (16 D B).
   constexpr uint32_t kCoreBytes = 128, kKeyGroupBytes = 16 * D;
   RADD_DYNAMIC_SMEM(smem_raw);
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + S::kQElems;  // two slots
-  T* Vs = Ks + 2 * S::kTileElems;
+  T* Vs = Ks + 2 * S::kStepElems;
 
-  // Tile indices in 32 bits (the host holds B L heads below 2^31): they live through the loop.
+  // Tile and step indices in 32 bits (the host holds B L heads below 2^31): they live through the
+  // loop. Masks are summarised per 64-key stats tile (n_t of them); the loop steps over KEYS keys.
   const int64_t L = mp.L, n_q = (L + QROWS - 1) / QROWS;
-  const int n_t = int((L + kMmaTile - 1) / kMmaTile);
+  const int n_t = int((L + kMmaTile - 1) / kMmaTile), n_s = int((L + KEYS - 1) / KEYS);
   const int64_t qb = blockIdx.x % n_q, bh = blockIdx.x / n_q, b = bh / H, h = bh % H;
   const int64_t q0 = qb * QROWS;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
@@ -128,32 +141,42 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   const bool group_live = qt_w < n_t;
   const int64_t row0 = q0 + wrow + g;
 
-  // The key tiles some warpgroup of the CTA sees, in order: t0 is the p-th, t1..t3 the next three
-  // (n_t past the end). The p-th tile's K and V live in slot p % 2.
-  auto after = [&](int kt) {
-    return kt < n_t ? int(next_key_tile_any(mp, b, qt_lo, qt_hi, kt + 1, n_t, kMmaTile)) : n_t;
+  // The key steps some warpgroup of the CTA sees part of, in order: t0 is the p-th, t1..t3 the next
+  // three (n_s past the end). The p-th step's K and V live in slot p % 2.
+  auto step_of = [&](int64_t kt) { return kt < n_t ? int(kt / NK) : n_s; };  // of a stats tile
+  auto after = [&](int js) {
+    return js < n_s ? step_of(next_key_tile_any(mp, b, qt_lo, qt_hi, int64_t(js + 1) * NK, n_t, kMmaTile)) : n_s;
   };
-  auto vis_of = [&](int kt) {  // warpgroup-uniform
-    return group_live && kt < n_t ? tile_visibility(mp, b, qt_w, kt, kMmaTile) : int(kTileHidden);
+  auto vis_of = [&](int js) {  // warpgroup-uniform; with two tiles per step: hidden if both are,
+    if (!group_live || js >= n_s) return int(kTileHidden);  // visible only if both are (inside L)
+    if constexpr (NK == 1) {
+      return tile_visibility(mp, b, qt_w, js, kMmaTile);
+    } else {
+      const int v0 = tile_visibility(mp, b, qt_w, 2 * js, kMmaTile);
+      const int v1 = 2 * js + 1 < n_t ? tile_visibility(mp, b, qt_w, 2 * js + 1, kMmaTile) : int(kTileHidden);
+      return v0 == kTileHidden && v1 == kTileHidden   ? int(kTileHidden)
+             : v0 == kTileVisible && v1 == kTileVisible ? int(kTileVisible)
+                                                        : int(kTilePartial);
+    }
   };
-  const CoreTileLoader<T, D, THREADS> k_rows(K, b, h), v_rows(V, b, h);
-  auto load_k = [&](int kt, int slot) {
-    if (kt < n_t) k_rows.load(Ks + slot * S::kTileElems, int64_t(kt) * kMmaTile, L);
+  const CoreTileLoader<T, D, THREADS, KEYS> k_rows(K, b, h), v_rows(V, b, h);
+  auto load_k = [&](int js, int slot) {
+    if (js < n_s) k_rows.load(Ks + slot * S::kStepElems, int64_t(js) * KEYS, L);
   };
-  auto load_v = [&](int kt, int slot) {
-    if (kt < n_t) v_rows.load(Vs + slot * S::kTileElems, int64_t(kt) * kMmaTile, L);
+  auto load_v = [&](int js, int slot) {
+    if (js < n_s) v_rows.load(Vs + slot * S::kStepElems, int64_t(js) * KEYS, L);
   };
-  float s[8][4];  // this warpgroup's 64 x 64 scores, mma.sync's C layout per warp
-  float(&s_flat)[32] = reinterpret_cast<float(&)[32]>(s);
+  float s[NT][4];  // this warpgroup's 64 x KEYS scores, mma.sync's C layout per warp
+  float(&s_flat)[4 * NT] = reinterpret_cast<float(&)[4 * NT]>(s);
   float m[2] = {neg_inf<float>(), neg_inf<float>()}, l[2] = {0.f, 0.f}, alpha[2], o[ND][4];
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
   float(&o_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(o);
-  uint32_t pa[4][4];  // P of tile t0 as the A fragments of P V's k steps (keys 16 kk..16 kk + 15)
+  uint32_t pa[KK][4];  // P of step t0 as the A fragments of P V's k steps (keys 16 kk..16 kk + 15)
   // Before an accumulator's wgmma and after its wait: keep the compiler from moving its uses across.
   auto fence_s = [&] {
 #pragma unroll
-    for (int i = 0; i < 32; ++i) wgmma_fence_operand(s_flat[i]);
+    for (int i = 0; i < 4 * NT; ++i) wgmma_fence_operand(s_flat[i]);
   };
   auto fence_o = [&] {
 #pragma unroll
@@ -162,7 +185,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   // Descriptors of slot 0 (and of the warpgroup's Q rows); a slot or k step further is an offset
   // of the start address, which sits in the low bits in 16-byte units. Deriving them by one add
   // keeps ptxas from holding a descriptor per slot and k step live through the loop.
-  constexpr uint32_t kSlotUnits = S::kTileElems * sizeof(T) / 16;
+  constexpr uint32_t kSlotUnits = S::kStepElems * sizeof(T) / 16;
   const uint64_t q_desc = wgmma_desc(Qs + (warp / 4) * kMmaTile * D, kCoreBytes, kKeyGroupBytes);
   const uint64_t k_desc = wgmma_desc(Ks, kCoreBytes, kKeyGroupBytes);
   const uint64_t v_desc = wgmma_desc(Vs, kKeyGroupBytes, kCoreBytes);
@@ -172,13 +195,13 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks)  // two core matrices (256 B) further along d per k step
-      gpu::wgmma_ss<T, 64, false, false>(s_flat, q_desc + ks * 16, kd + ks * 16, ks > 0);
+      gpu::wgmma_ss<T, KEYS, false, false>(s_flat, q_desc + ks * 16, kd + ks * 16, ks > 0);
     wgmma_commit();
   };
 
-  int t0 = int(next_key_tile_any(mp, b, qt_lo, qt_hi, 0, n_t, kMmaTile)), t1 = after(t0), t2 = after(t1);
-#pragma unroll
-  for (int w = 0; w < G; ++w) CoreTileLoader<T, D, THREADS>(Q, b, h).load(Qs + w * kMmaTile * D, q0 + w * kMmaTile, L);
+  int t0 = step_of(next_key_tile_any(mp, b, qt_lo, qt_hi, 0, n_t, kMmaTile)), t1 = after(t0), t2 = after(t1);
+  // The CTA's QROWS queries as one tile: warpgroup w's 64 rows are its w-th 64 x D block.
+  CoreTileLoader<T, D, THREADS, QROWS>(Q, b, h).load(Qs, q0, L);
   load_k(t0, 0);
   load_v(t0, 0);
   load_k(t1, 1);
@@ -189,34 +212,34 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   gpu::fence_proxy_async_smem();
   __syncthreads();
 
-  // S of tile kt to P in pa. A tile hidden from this warpgroup (but not from the other) is computed
+  // S of step js to P in pa. A step hidden from this warpgroup (but not from another) is computed
   // like any other and its scores dropped: wgmma under a branch that is not provably
   // warpgroup-uniform is serialised by ptxas (C7518), which would cost more than the one extra
-  // tile such a warpgroup computes.
-  auto softmax_to_p = [&](int kt) {
-    const int vis = vis_of(kt);
+  // step such a warpgroup computes.
+  auto softmax_to_p = [&](int js) {
+    const int vis = vis_of(js);
     if (vis == kTileHidden)
 #pragma unroll
-      for (int i = 0; i < 32; ++i) s_flat[i] = neg_inf<float>();
-    fwd_softmax_stats(s, m, l, alpha, scale_log2, vis == kTilePartial, mp, b, int64_t(kt) * kMmaTile, row0, t4);
+      for (int i = 0; i < 4 * NT; ++i) s_flat[i] = neg_inf<float>();
+    fwd_softmax_stats<NT>(s, m, l, alpha, scale_log2, vis == kTilePartial, mp, b, int64_t(js) * KEYS, row0, t4);
   };
   auto issue_pv = [&](int slot) {  // O += P V; k step kk = keys 16 kk..+15; V read MN-major
     const uint64_t vd = v_desc + slot * kSlotUnits;
     fence_o();
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)  // two key groups (32 D B) further per k step
+    for (int kk = 0; kk < KK; ++kk)  // two key groups (32 D B) further per k step
       gpu::wgmma_rs<T, D, true>(o_flat, pa[kk], vd + kk * (2 * D), true);
     wgmma_commit();
   };
 
-  if (t0 < n_t) {  // prologue: S and P of the first tile (no alpha to apply: O is zero)
+  if (t0 < n_s) {  // prologue: S and P of the first tile (no alpha to apply: O is zero)
     issue_s(0);
     wgmma_wait<0>();
     fence_s();
     softmax_to_p(t0);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) pack_p_fragment<M>(s, kk, pa[kk]);
+    for (int kk = 0; kk < KK; ++kk) pack_p_fragment<M, NT>(s, kk, pa[kk]);
   }
   __syncthreads();  // K slot 0 is free
   load_k(t2, 0);
@@ -230,7 +253,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
   // K(t3) and V(t2), which step p + 2 reads -- so the wait at the top of a step leaves the last
   // step's copies in flight.
   int p = 0;
-  for (; t1 < n_t; ++p) {
+  for (; t1 < n_s; ++p) {
     cp_async_wait<1>();  // K(t1), V(t0)
     gpu::fence_proxy_async_smem();
     __syncthreads();
@@ -243,7 +266,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
     fence_o();
     fwd_rescale_output<ND>(o, alpha);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) pack_p_fragment<M>(s, kk, pa[kk]);
+    for (int kk = 0; kk < KK; ++kk) pack_p_fragment<M, NT>(s, kk, pa[kk]);
     const int t3 = after(t2);
     __syncthreads();  // every warpgroup is done with K(t1) and V(t0)
     load_k(t3, (p + 1) & 1);
@@ -251,7 +274,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D>(), 2) fwd_wgmma_kernel(Ro
     cp_async_commit();
     t0 = t1, t1 = t2, t2 = t3;
   }
-  if (t0 < n_t) {  // the last tile's P V
+  if (t0 < n_s) {  // the last step's P V
     cp_async_wait<0>();
     gpu::fence_proxy_async_smem();
     __syncthreads();

@@ -40,9 +40,10 @@ inline void set_smem(K kernel, size_t bytes) {
 }
 
 // cuda_wgmma.cu. The inputs are 16-byte aligned (aligned16), the stream the current one.
-size_t wgmma_smem_bytes(int64_t head_dim, bool backward);
+// keys128: the forward's 128-key steps (TcKernel::kWgmmaK128).
+size_t wgmma_smem_bytes(int64_t head_dim, bool backward, bool keys128);
 void launch_fwd_wgmma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const MaskParams& mp,
-                      double scale, at::Tensor& out, at::Tensor& lse);
+                      double scale, bool keys128, at::Tensor& out, at::Tensor& lse);
 void launch_bwd_wgmma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& grad_out,
                       const at::Tensor& lse, const at::Tensor& delta, at::Tensor& dk, at::Tensor& dv,
                       at::Tensor& dq_acc, const MaskParams& mp, double scale);

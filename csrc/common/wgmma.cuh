@@ -149,15 +149,35 @@ struct WgmmaSS;
           : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));        \
     }                                                                                                  \
   };
+#define RADD_WGMMA_SS_128(T, TY)                                                                        \
+  template <>                                                                                          \
+  struct WgmmaSS<T, 128> {                                                                             \
+    template <bool TRANS_A, bool TRANS_B>                                                              \
+    __device__ __forceinline__ static void run(float (&d)[64], uint64_t a_desc, uint64_t b_desc, bool scale_d) { \
+      asm volatile(                                                                                    \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                              \
+          "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                                  \
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
+          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "\
+          "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "\
+          "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "  \
+          "%64, %65, p, 1, 1, %67, %68;\n}\n"                                                  \
+          : RADD_WG_D32(0), RADD_WG_D32(32)                                                             \
+          : "l"(a_desc), "l"(b_desc), "r"(int(scale_d)), "n"(int(TRANS_A)), "n"(int(TRANS_B)));        \
+    }                                                                                                  \
+  };
 RADD_WGMMA_SS_32(__nv_bfloat16, "bf16")
 RADD_WGMMA_SS_32(__half, "f16")
 RADD_WGMMA_SS_64(__nv_bfloat16, "bf16")
 RADD_WGMMA_SS_64(__half, "f16")
+RADD_WGMMA_SS_128(__nv_bfloat16, "bf16")
+RADD_WGMMA_SS_128(__half, "f16")
 #undef RADD_WGMMA_RS_32
 #undef RADD_WGMMA_RS_64
 #undef RADD_WGMMA_RS_128
 #undef RADD_WGMMA_SS_32
 #undef RADD_WGMMA_SS_64
+#undef RADD_WGMMA_SS_128
 #else
 template <typename T, int N>
 struct WgmmaSS {

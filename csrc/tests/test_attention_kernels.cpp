@@ -178,10 +178,12 @@ void run_case(const Case& c, unsigned seed) {
   const unsigned grid = unsigned(B * H * n_t);
   const float scale_f = float(scale);
   if constexpr (kMma && MT == 0) {
-    constexpr int kQueries = cu::fwd_wgmma_queries<D>();
+    // KW = 8 stands for RADD_FAST_ATTENTION_KEY_TILE=128: the wgmma forward's 128-key steps.
+    constexpr int NK = KW == 8 ? 2 : 1;
+    constexpr int kQueries = cu::fwd_wgmma_queries<D, NK>();
     const unsigned fwd_grid = unsigned(B * H * ((L + kQueries - 1) / kQueries));
-    launch(EmuDim3{fwd_grid, 1, 1}, cu::fwd_wgmma_threads<D>(), cu::FwdWgmmaSmem<T, D>::kBytes, [&] {
-      cu::fwd_wgmma_kernel<T, D>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
+    launch(EmuDim3{fwd_grid, 1, 1}, cu::fwd_wgmma_threads<D, NK>(), cu::FwdWgmmaSmem<T, D, NK>::kBytes, [&] {
+      cu::fwd_wgmma_kernel<T, D, NK>(Q, K, V, out.data(), lse.data(), mp, H, scale_f * cu::kLog2e);
     });
   } else if constexpr (kMma) {
     const unsigned fwd_grid = unsigned(B * H * ((L + 64 * MT - 1) / (64 * MT)));
@@ -225,7 +227,7 @@ void run_case(const Case& c, unsigned seed) {
   const double tol = kMma ? 3e-2 : std::is_same_v<T, float> ? 2e-5 : 1e-12;
   char what[160];
   std::snprintf(what, sizeof what, "%s D=%d%s B=%d H=%d L=%d mask=%s strict=%d packed=%d",
-                kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 0 ? " wgmma" : KW == 8 ? (MT == 2 ? " q128 k128" : " q64 k128") : MT == 2 ? " q128" : " q64") : "", B, H, L,
+                kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 0 ? (KW == 8 ? " wgmma k128" : " wgmma") : KW == 8 ? (MT == 2 ? " q128 k128" : " q64 k128") : MT == 2 ? " q128" : " q64") : "", B, H, L,
                 c.mask.c_str(), int(c.strict), int(c.packed));
   double lse_err = 0;
   for (size_t i = 0; i < lse.size(); ++i) {
@@ -291,6 +293,15 @@ int main() {
   run_all<EmuBf16, 64, 0>(mma_cases, 700);
   run_all<EmuBf16, 32, 0>(small, 800);
   run_all<EmuBf16, 128, 0>(small, 900);
+  // The wgmma forward's 128-key steps (RADD_FAST_ATTENTION_KEY_TILE=128) on 128-query blocks (at
+  // L 130 the second block's second warpgroup has no row inside L; 256 causal: warpgroups that see
+  // different steps); L 520 runs the pipeline over five steps, the last one past L.
+  std::vector<Case> k128_cases = mma_cases;
+  k128_cases.push_back({1, 1, 520, "causal", false, false});
+  k128_cases.push_back({1, 2, 520, "anyorder", true, true});
+  run_all<EmuBf16, 64, 0, 8>(k128_cases, 1300);
+  run_all<EmuBf16, 32, 0, 8>(small, 1400);
+  run_all<EmuBf16, 128, 0, 8>({small[0], small[1], {1, 1, 520, "block", false, true}}, 1500);
   const std::vector<Case> fma_cases = {
       {2, 2, 70, "none", false, true},     {2, 1, 70, "pad", false, false},   {1, 2, 70, "causal", true, true},
       {2, 1, 70, "anyorder", false, false}, {1, 1, 70, "block", false, true}, {1, 1, 1, "none", false, false},

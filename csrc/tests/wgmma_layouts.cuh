@@ -134,6 +134,7 @@ constexpr double kTolerance = 1e-5;  // fp32 accumulation of 64 products of bf16
 template <class Run>
 void for_each_case(Run&& run) {
   run.template operator()<64, Form::kSsKK>();
+  run.template operator()<128, Form::kSsKK>();  // the forward's 128-key steps (S = Q K^T)
   run.template operator()<32, Form::kRsMn>();
   run.template operator()<64, Form::kRsMn>();
   run.template operator()<128, Form::kRsMn>();
