@@ -145,13 +145,9 @@ def test_attention_cuda_k128(bench, device, pass_, shape, monkeypatch):
     run_case(bench, device, torch.bfloat16, shape, "bidirectional", "fused-k128", pass_)
 
 
-@pytest.mark.wgmma
-@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
-@pytest.mark.parametrize("kind,pass_", [("bidirectional", "fwd"), ("bidirectional", "bwd"), ("causal", "fwd")])
-@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"D{s[3]}")
-def test_attention_cuda_wgmma(bench, device, kind, pass_, shape, monkeypatch):
-    # The sm_90a wgmma kernels (RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma) in the groups of the
-    # default ones: what Hopper's warpgroup MMA is worth. Needs an sm_90 GPU and a 9.0a build.
+def skip_unless_wgmma(device, kind, shape):
+    """Skips (with the reason) where the wgmma kernels cannot run -- they need an sm_90 GPU and a 9.0a
+    build -- and causal cases other than head_dim 64 (timed there only, as for the other kernels)."""
     from radd_fast import _extension
 
     arch = str((_extension.BUILD_INFO or {}).get("cuda_arch_list") or "")
@@ -160,6 +156,16 @@ def test_attention_cuda_wgmma(bench, device, kind, pass_, shape, monkeypatch):
                     f"archs {arch})")
     if kind == "causal" and shape != CUDA_SHAPES[0]:
         pytest.skip("causal is timed at head_dim 64 only, as for the other kernels")
+
+
+@pytest.mark.wgmma
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("kind,pass_", [("bidirectional", "fwd"), ("bidirectional", "bwd"), ("causal", "fwd")])
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"D{s[3]}")
+def test_attention_cuda_wgmma(bench, device, kind, pass_, shape, monkeypatch):
+    # The sm_90a wgmma kernels (RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma) in the groups of the
+    # default ones: what Hopper's warpgroup MMA is worth. Needs an sm_90 GPU and a 9.0a build.
+    skip_unless_wgmma(device, kind, shape)
     monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
     monkeypatch.setenv("RADD_FAST_ATTENTION_BACKWARD", "wgmma")
     run_case(bench, device, torch.bfloat16, shape, kind, "fused-wgmma", pass_)
@@ -172,14 +178,7 @@ def test_attention_cuda_wgmma(bench, device, kind, pass_, shape, monkeypatch):
 def test_attention_cuda_wgmma_k128(bench, device, kind, shape, monkeypatch):
     # The wgmma forward stepping over 128 keys (RADD_FAST_ATTENTION_KEY_TILE=128, 128-query blocks,
     # one per SM) in the groups of the others: m64n128k16 score products, half the barriers per key.
-    from radd_fast import _extension
-
-    arch = str((_extension.BUILD_INFO or {}).get("cuda_arch_list") or "")
-    if torch.cuda.get_device_capability(device) != (9, 0) or "9.0a" not in arch:
-        pytest.skip(f"wgmma needs an sm_90 GPU and a 9.0a build (GPU {torch.cuda.get_device_capability(device)}, "
-                    f"archs {arch})")
-    if kind == "causal" and shape != CUDA_SHAPES[0]:
-        pytest.skip("causal is timed at head_dim 64 only, as for the other kernels")
+    skip_unless_wgmma(device, kind, shape)
     monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
     run_case(bench, device, torch.bfloat16, shape, kind, "fused-wgmma-k128", "fwd")

@@ -448,6 +448,20 @@ def test_cuda_bf16_forward_query_tiles(device, monkeypatch, D, pattern, tile):
     assert_no_key_rows_are_zero(out, padm, order, False)
 
 
+def check_bf16_forward(q, k, v, padm, order):
+    """The bf16 forward under the current settings against float64: output within the bf16
+    tolerance, lse finite exactly where a query sees a key and equal there, zeros where it sees none."""
+    D = q.shape[-1]
+    out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+    truth, truth_lse = R.masked_attention(q.double(), k.double(), v.double(), padm, order, return_lse=True)
+    assert ((out.double() - truth).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
+    seen = torch.isfinite(truth_lse)
+    assert torch.equal(torch.isfinite(lse), seen)
+    torch.testing.assert_close(lse.double()[seen], truth_lse[seen], rtol=1e-5, atol=1e-5)
+    assert_no_key_rows_are_zero(out, padm, order, False)
+    return out, lse, truth
+
+
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
 @pytest.mark.parametrize("D", [32, 64, 128])
 @pytest.mark.parametrize("pattern", ["none", "causal", "any_order"])
@@ -461,13 +475,7 @@ def test_cuda_bf16_key_tiles(device, monkeypatch, D, pattern):
     order = make_order(pattern, B, L, device)
     padm = make_pad(B, L, device, "empty_row")
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
-    out128, lse128 = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
-    truth, truth_lse = R.masked_attention(q.double(), k.double(), v.double(), padm, order, return_lse=True)
-    assert ((out128.double() - truth).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
-    seen = torch.isfinite(truth_lse)
-    assert torch.equal(torch.isfinite(lse128), seen)
-    torch.testing.assert_close(lse128.double()[seen], truth_lse[seen], rtol=1e-5, atol=1e-5)
-    assert_no_key_rows_are_zero(out128, padm, order, False)
+    check_bf16_forward(q, k, v, padm, order)
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "64")
     out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
     grad = torch.randn_like(out)
@@ -561,9 +569,9 @@ def test_cuda_wgmma_kernels(device, monkeypatch, dtype, D, pattern, L):
 @pytest.mark.parametrize("D", [32, 64, 128])
 @pytest.mark.parametrize("pattern,L", [("none", 200), ("any_order", 200), ("causal", 1000), ("block", 1000)])
 def test_cuda_wgmma_forward_key_tiles(device, monkeypatch, D, pattern, L):
-    # RADD_FAST_ATTENTION_KEY_TILE=128 with the wgmma forward: 128-key steps on 192-query blocks
-    # (128 at head_dim 128), against float64 and the 64-key wgmma forward. L = 200: a last step that
-    # ends past L, a block with warpgroups past L; padding leaves a sequence without keys.
+    # RADD_FAST_ATTENTION_KEY_TILE=128 with the wgmma forward: 128-key steps on 128-query blocks,
+    # against float64 and the 64-key wgmma forward. L = 200: a last step that ends past L, a block
+    # with a warpgroup past L; padding leaves a sequence without keys.
     if not _wgmma_expected(device):
         pytest.skip("the wgmma kernels need an sm_90 GPU and a 9.0a build (test_cuda_wgmma_kernels checks the error)")
     monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
@@ -572,13 +580,8 @@ def test_cuda_wgmma_forward_key_tiles(device, monkeypatch, D, pattern, L):
     order = make_order(pattern, B, L, device)
     padm = make_pad(B, L, device, "empty_row")
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
-    out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
-    truth, truth_lse = R.masked_attention(q.double(), k.double(), v.double(), padm, order, return_lse=True)
-    seen = torch.isfinite(truth_lse)
-    assert (~seen).any() and torch.equal(torch.isfinite(lse), seen)
-    torch.testing.assert_close(lse.double()[seen], truth_lse[seen], rtol=1e-5, atol=1e-5)
-    assert ((out.double() - truth).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
-    assert_no_key_rows_are_zero(out, padm, order, False)
+    out, lse, truth = check_bf16_forward(q, k, v, padm, order)
+    assert not torch.isfinite(lse).all()  # the padding left a sequence without keys
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "64")
     out64, _ = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
     assert ((out.double() - out64.double()).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
