@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -180,10 +181,8 @@ def sdpa_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     order that :func:`sdpa_backend` chooses (no copy: SDPA reads the transposed views)."""
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     differentiated = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if sdpa_backend(q.device.type, q.device.index, differentiated) == "cudnn":
-        with sdpa_kernel(CUDNN_FIRST, set_priority=True):
-            out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, scale=scale)
-    else:
+    cudnn = sdpa_backend(q.device.type, q.device.index, differentiated) == "cudnn"
+    with sdpa_kernel(CUDNN_FIRST, set_priority=True) if cudnn else contextlib.nullcontext():
         out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, scale=scale)
     return out.transpose(1, 2)
 
