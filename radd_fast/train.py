@@ -68,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
     impl: str = "auto"
     compile: bool = False  # torch.compile each transformer block (RADD.compile_blocks)
+    activation_checkpointing: bool = False  # recompute block activations in the backward (a tenth the memory)
     resume: bool = False
     progress: bool = True
     max_bad_steps: int = 10
@@ -278,6 +279,7 @@ def train(cfg: TrainConfig) -> dict:
         raise FileExistsError(f"{out} holds a previous run (checkpoints/ or metrics.jsonl): pass resume=True "
                               "(--resume) to continue it, or choose another out_dir")
 
+    model.set_activation_checkpointing(cfg.activation_checkpointing)
     if cfg.compile:
         model.compile_blocks()  # compiles at the first step; weights and state-dict keys untouched
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \

@@ -80,6 +80,18 @@ def test_compiled_blocks_train_like_eager(tmp_path):
         torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=k)
 
 
+def test_activation_checkpointing_trains_identically(tmp_path):
+    # --activation-checkpointing: the same losses and weights, bit for bit (dropout on: the recomputed
+    # forward redraws the same masks).
+    kw = dict(steps=4, eval_every=10, save_every=10)
+    plain = train(cfg(tmp_path, "plain", **kw))
+    recomputed = train(cfg(tmp_path, "recomputed", activation_checkpointing=True, **kw))
+    assert recomputed["model"].activation_checkpointing and not plain["model"].activation_checkpointing
+    assert [r["loss"] for r in metrics(plain["metrics"])] == [r["loss"] for r in metrics(recomputed["metrics"])]
+    for (k, p), q in zip(plain["model"].state_dict().items(), recomputed["model"].state_dict().values()):
+        assert torch.equal(p, q), k
+
+
 def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     out = tmp_path / "verdict.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
