@@ -1,4 +1,4 @@
-"""The `radd-fast` command line: info, train, sample, demo."""
+"""The `radd-fast` command line: info, train, sample, eval, demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import os
 import sys
 import typing
+
+from .model import PRECISIONS, autocast_dtype
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
@@ -76,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                    help="ema weights of a training checkpoint when present (auto), or the raw ones")
     s.add_argument("--tokenizer-path", default=None, help="folder of GPT-2's encoder.json and vocab.bpe")
+    s.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the network's autocast: auto = bf16 on CUDA, fp32 on the CPU")
+    s.add_argument("--out", default=None, help="also write the samples as JSON lines (sample, text, tokens, nfe)")
+    s.add_argument("--no-progress", dest="progress", action="store_false")
 
     e = sub.add_parser("eval", help="Monte Carlo likelihood bound (perplexity) of a checkpoint on benchmark text")
     e.add_argument("--ckpt", required=True, help="a model folder or a training checkpoint folder")
@@ -94,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None, help="folder holding the benchmark files (default ../shared/data)")
     e.add_argument("--tokenizer-path", default=None)
     e.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON to this file")
+    e.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the network's autocast: auto = bf16 on CUDA, fp32 on the CPU")
     e.add_argument("--no-progress", dest="progress", action="store_false")
 
     d = sub.add_parser("demo", help="the main job: train the tiny byte-level model on the CPU, sample, evaluate")
@@ -135,14 +143,19 @@ def _run(args) -> int:
         print(json.dumps({k: v for k, v in res.items() if k not in ("model", "ema")}))
         return 0
     if args.command == "sample":
-        from .sampling import sample_text
+        from .io import atomic_write
+        from .sampling import sample_records
 
-        for i, text in enumerate(sample_text(
-                args.ckpt, steps=args.steps, num_samples=args.num_samples, length=args.length, prompt=args.prompt,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                device=args.device, weights=args.weights, tokenizer_path=args.tokenizer_path, method=args.method,
-                greedy=args.greedy)):
-            print(f"--- sample {i}\n{text}")
+        records = sample_records(
+            args.ckpt, steps=args.steps, num_samples=args.num_samples, length=args.length, prompt=args.prompt,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
+            weights=args.weights, tokenizer_path=args.tokenizer_path, method=args.method, greedy=args.greedy,
+            precision=args.precision, progress=args.progress)
+        for r in records:
+            print(f"--- sample {r['sample']} ({r['nfe']} network calls)\n{r['text']}")
+        if args.out:
+            with atomic_write(args.out, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
         return 0
     if args.command == "eval":
         from .evaluate import evaluate
@@ -150,7 +163,7 @@ def _run(args) -> int:
         from .sampling import load_for_inference
 
         model = load_for_inference(args.ckpt, args.device, args.weights)
-        amp = torch_bf16_if_cuda(model)
+        amp = autocast_dtype(args.precision, model.output_weight.device, "eval")
         res = evaluate(model, args.data, mode=args.mode, loss=args.loss, mc_samples=args.mc_samples,
                        batch_size=args.batch_size, length=args.length, sampling=args.sampling, seed=args.seed,
                        max_chunks=args.max_chunks, data_dir=args.data_dir, tokenizer_path=args.tokenizer_path,
@@ -172,12 +185,6 @@ def _run(args) -> int:
                  model_overrides=_parse_overrides(args.model_overrides), progress=args.progress)
         return 0
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown commands
-
-
-def torch_bf16_if_cuda(model):
-    import torch
-
-    return torch.bfloat16 if model.output_weight.device.type == "cuda" else None
 
 
 if __name__ == "__main__":

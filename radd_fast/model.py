@@ -73,6 +73,22 @@ def preset(name: str, **overrides) -> RADDConfig:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(precision: str, device: torch.device | str, who: str) -> torch.dtype | None:
+    """The autocast dtype of a run at `precision` ("auto": bf16 on CUDA, fp32 elsewhere), or None for
+    fp32 (no autocast). bf16 / fp16 need a CUDA device. `who` prefixes the error messages."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{who}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device_type = torch.device(device).type
+    if precision == "auto":
+        precision = "bf16" if device_type == "cuda" else "fp32"
+    if precision in ("bf16", "fp16") and device_type != "cuda":
+        raise ValueError(f"{who}: precision {precision} needs a CUDA device; use fp32 on the {device_type.upper()}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm computed in fp32 (fp64 for fp64 weights) whatever the autocast state; weight and
     bias both initialised to 1, as in the reference network."""

@@ -23,6 +23,7 @@ has an attention-free example).
 from __future__ import annotations
 
 import bisect
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import torch
 from . import functional as RF
 from . import reference
 from .checkpoint import EMA_WEIGHTS, load_pretrained
-from .model import RADD
+from .model import RADD, autocast_dtype
 from .tokenizers import get_tokenizer
 
 METHODS = ("cached", "confidence", "reference")
@@ -135,6 +136,15 @@ def _head(model, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]
 _sample_rows = RF.sample_rows
 
 
+def _rounds(plan: RevealPlan, progress: bool, desc: str):
+    """plan.active, through a tqdm bar of rounds when `progress`."""
+    if not progress:
+        return plan.active
+    from tqdm.auto import tqdm
+
+    return tqdm(plan.active, desc=desc, unit="round", dynamic_ncols=True)
+
+
 def _restore_order(plan: RevealPlan) -> torch.Tensor:
     out = torch.empty_like(plan.x)
     return out.index_copy_(0, plan.perm, plan.x)
@@ -142,15 +152,16 @@ def _restore_order(plan: RevealPlan) -> torch.Tensor:
 
 @torch.no_grad()
 def run_cached(model, plan: RevealPlan, *, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, greedy: bool = False, seed: int = 0, impl: str = "auto") -> torch.Tensor:
+               top_p: float | None = None, greedy: bool = False, seed: int = 0, impl: str = "auto",
+               progress: bool = False) -> torch.Tensor:
     """The loop of the cached sampler on a plan: round r evaluates plan.active[r] sequences and samples
-    only the rows revealed in round r (Philox stream r + 1). No host synchronisation. Returns the
-    tokens in the original batch order."""
+    only the rows revealed in round r (Philox stream r + 1). No host synchronisation (the progress
+    bar counts rounds as they are queued). Returns the tokens in the original batch order."""
     x = plan.x
     flat = x.view(-1)
     V = model.vocab_size
     head = None
-    for r, A in enumerate(plan.active):
+    for r, A in enumerate(_rounds(plan, progress, "sample")):
         h = model.hidden(x[:A])
         if head is None:
             head = _head(model, h.dtype)
@@ -165,7 +176,7 @@ def run_cached(model, plan: RevealPlan, *, temperature: float = 1.0, top_k: int 
 @torch.no_grad()
 def run_confidence(model, plan: RevealPlan, *, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, greedy: bool = False, seed: int = 0,
-                   impl: str = "auto") -> torch.Tensor:
+                   impl: str = "auto", progress: bool = False) -> torch.Tensor:
     """Confidence-ordered decoding on the rounds of a plan: in round r every masked position of the
     active sequences gets a token, and each sequence keeps the c of them with the highest
     log-probability, c = its number of rows in round r of the plan. No host synchronisation."""
@@ -174,7 +185,7 @@ def run_confidence(model, plan: RevealPlan, *, temperature: float = 1.0, top_k: 
     V = model.vocab_size
     total = plan.round_offsets[-1]
     head = None
-    for r, A in enumerate(plan.active):
+    for r, A in enumerate(_rounds(plan, progress, "sample (confidence)")):
         xa = x[:A]
         h = model.hidden(xa)
         if head is None:
@@ -204,7 +215,7 @@ def sample(model, num_samples: int, length: int, steps: int, *, prompt: list[int
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
            seed: int = 0, x_init: torch.Tensor | None = None, method: str = "cached",
            schedule: reference.LogLinearSchedule | None = None, delta: float = 1e-5,
-           impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+           impl: str = "auto", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens (num_samples, length) and network evaluations per sequence.
 
     `prompt` fixes the first tokens; `x_init` (num_samples, length) gives any pattern of fixed tokens
@@ -214,7 +225,7 @@ def sample(model, num_samples: int, length: int, steps: int, *, prompt: list[int
     type; CPU and CUDA agree except where float rounding flips a near-tie). `method`: "cached"
     (default), "confidence" or "reference" (module docstring); "reference" draws from torch's
     generator, so its samples differ from the other two for the same seed, and it treats greedy as
-    top_k = 1.
+    top_k = 1. `progress` shows a bar of the network rounds ("cached" and "confidence").
     """
     check_sampling_args(steps, num_samples, length, temperature, top_k, top_p, method, greedy)
     device = model.output_weight.device
@@ -243,19 +254,34 @@ def sample(model, num_samples: int, length: int, steps: int, *, prompt: list[int
                                        generator=g)
     plan = plan_reveals(x_init, model.mask_id, steps, seed=seed, schedule=schedule, delta=delta, impl=impl)
     run = run_cached if method == "cached" else run_confidence
-    x = run(model, plan, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed, impl=impl)
+    x = run(model, plan, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed, impl=impl,
+            progress=progress)
     return x, plan.num_events
 
 
-def sample_text(ckpt, *, steps: int = 128, num_samples: int = 2, length: int | None = None, prompt: str | None = None,
-                temperature: float = 1.0, top_k=None, top_p=None, seed: int = 0, device="auto", weights="auto",
-                tokenizer_path=None, method: str = "cached", greedy: bool = False) -> list[str]:
+def sample_records(ckpt, *, steps: int = 128, num_samples: int = 2, length: int | None = None,
+                   prompt: str | None = None, temperature: float = 1.0, top_k=None, top_p=None, seed: int = 0,
+                   device="auto", weights="auto", tokenizer_path=None, method: str = "cached", greedy: bool = False,
+                   precision: str = "auto", progress: bool = False) -> list[dict]:
+    """Samples from a checkpoint folder, one dict each: {"sample", "text", "tokens", "nfe"} (nfe: the
+    sequence's network evaluations). `precision`: "auto" (bf16 autocast on CUDA, fp32 on the CPU),
+    "fp32", "bf16" or "fp16" for the network; the output rows' logits and the sampling noise are
+    fp32 whatever the autocast (the final LayerNorm's output is fp32)."""
     model = load_for_inference(ckpt, device, weights)
+    dev = model.output_weight.device
+    amp = autocast_dtype(precision, dev, "sampling")
     tok = get_tokenizer(model.config.tokenizer, tokenizer_path)
     length = length or model.config.max_length
     ids = tok.encode(prompt) if prompt else None
     if prompt is not None and not ids:
         raise ValueError("sampling: the prompt encodes to no tokens")
-    x, _ = sample(model, num_samples, length, steps, prompt=ids, temperature=temperature, top_k=top_k, top_p=top_p,
-                  seed=seed, method=method, greedy=greedy)
-    return [tok.decode(row.tolist()) for row in x.cpu()]
+    with torch.autocast(dev.type, dtype=amp) if amp else contextlib.nullcontext():
+        x, nfe = sample(model, num_samples, length, steps, prompt=ids, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed, method=method, greedy=greedy, progress=progress)
+    return [{"sample": i, "text": tok.decode(row), "tokens": row, "nfe": n}
+            for i, (row, n) in enumerate(zip(x.cpu().tolist(), nfe.tolist()))]
+
+
+def sample_text(ckpt, **kw) -> list[str]:
+    """The decoded texts of sample_records(ckpt, **kw)."""
+    return [r["text"] for r in sample_records(ckpt, **kw)]

@@ -31,7 +31,7 @@ from . import losses as L
 from .checkpoint import list_checkpoints, latest_valid_checkpoint, load_training_checkpoint, save_training_checkpoint
 from .data import WindowSampler, chunks, prepare_corpus
 from .io import atomic_write, remove_stale_temps
-from .model import RADD, preset
+from .model import PRECISIONS, RADD, autocast_dtype, preset
 from .tokenizers import get_tokenizer
 
 
@@ -84,7 +84,7 @@ class TrainConfig:
             (0.0 <= self.ema < 1.0, "ema must be in [0, 1)"),
             (self.loss in L.LOSSES, f"loss must be one of {', '.join(L.LOSSES)}"),
             (self.sampling in ("low_variance", "uniform"), "sampling must be 'low_variance' or 'uniform'"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
+            (self.precision in PRECISIONS, "precision must be auto, fp32, bf16 or fp16"),
             (self.length is None or self.length >= 1, "length must be >= 1"),
             (self.max_bad_steps >= 0, "max_bad_steps must be >= 0"),
         ]
@@ -204,10 +204,7 @@ def train(cfg: TrainConfig) -> dict:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    if precision in ("bf16", "fp16") and device.type != "cuda":
-        raise ValueError(f"TrainConfig: precision {precision} needs a CUDA device; use fp32 on the CPU")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    amp_dtype = autocast_dtype(cfg.precision, device, "TrainConfig")
 
     def autocast():
         if amp_dtype is None:
@@ -241,7 +238,7 @@ def train(cfg: TrainConfig) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     # fused=True: one kernel for the whole update instead of ~10 elementwise passes per tensor.
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), fused=True)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     param_names = {k for k, p in model.named_parameters() if p.dtype.is_floating_point}
     loss_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)

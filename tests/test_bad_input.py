@@ -152,6 +152,8 @@ CLI_CASES = [
     ("sample/ckpt", ["sample", "--ckpt", "/nonexistent"], "not a folder"),
     ("sample/no-ckpt", ["sample"], "required: --ckpt"),
     ("sample/method", ["sample", "--ckpt", "x", "--method", "beam"], "invalid choice"),
+    ("sample/precision", ["sample", "--ckpt", "x", "--precision", "fp8"], "invalid choice"),
+    ("eval/precision", ["eval", "--ckpt", "x", "--data", "ptb", "--precision", "int8"], "invalid choice"),
     ("eval/ckpt", ["eval", "--ckpt", "/nonexistent", "--data", "ptb"], "not a folder"),
     ("eval/no-data", ["eval", "--ckpt", "x"], "required: --data"),
     ("eval/sampling", ["eval", "--ckpt", "x", "--data", "ptb", "--sampling", "sobol"], "invalid choice"),

@@ -30,6 +30,20 @@ def test_train_then_sample(tmp_path):
     assert r.returncode == 0, r.stderr
     samples = [s for s in r.stdout.split("--- sample ")[1:]]
     assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("Return") for s in samples)
+    # --out: the same samples as JSON lines (tokens and network calls too); the progress bar on stderr
+    out = tmp_path / "samples.jsonl"
+    r2 = cli("sample", "--ckpt", ckpt, "--steps", "8", "--num-samples", "2", "--length", "24", "--prompt", "Return",
+             "--out", str(out), "--precision", "fp32")
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout == r.stdout  # same seed, same samples
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["sample"] for x in records] == [0, 1]
+    for x, printed in zip(records, samples):
+        assert printed == f"{x['sample']} ({x['nfe']} network calls)\n{x['text']}\n"
+        assert len(x["tokens"]) == 24 and 1 <= x["nfe"] <= 8
+    assert "round" in r2.stderr  # tqdm's unit
+    r3 = cli("sample", "--ckpt", ckpt, "--precision", "bf16", "--device", "cpu")
+    assert r3.returncode != 0 and "precision bf16 needs a CUDA device" in r3.stderr and "Traceback" not in r3.stderr
 
 
 @pytest.mark.parametrize("args,msg", [
