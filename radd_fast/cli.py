@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ckpt", required=True, help="a model folder or a training checkpoint folder")
     s.add_argument("--steps", type=int, default=128, help="sampling steps n (default 128)")
     s.add_argument("--num-samples", type=int, default=2)
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="sequences sampled at once (default: all); batch j uses seed + j")
     s.add_argument("--length", type=int, default=None, help="tokens per sample (default: the model's length)")
     s.add_argument("--prompt", default=None, help="text the samples start with (never re-masked)")
     s.add_argument("--temperature", type=float, default=1.0)
@@ -150,7 +152,7 @@ def _run(args) -> int:
             args.ckpt, steps=args.steps, num_samples=args.num_samples, length=args.length, prompt=args.prompt,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
             weights=args.weights, tokenizer_path=args.tokenizer_path, method=args.method, greedy=args.greedy,
-            precision=args.precision, progress=args.progress)
+            precision=args.precision, batch_size=args.batch_size, progress=args.progress)
         for r in records:
             print(f"--- sample {r['sample']} ({r['nfe']} network calls)\n{r['text']}")
         if args.out:

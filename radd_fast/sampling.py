@@ -262,11 +262,15 @@ def sample(model, num_samples: int, length: int, steps: int, *, prompt: list[int
 def sample_records(ckpt, *, steps: int = 128, num_samples: int = 2, length: int | None = None,
                    prompt: str | None = None, temperature: float = 1.0, top_k=None, top_p=None, seed: int = 0,
                    device="auto", weights="auto", tokenizer_path=None, method: str = "cached", greedy: bool = False,
-                   precision: str = "auto", progress: bool = False) -> list[dict]:
+                   precision: str = "auto", batch_size: int | None = None, progress: bool = False) -> list[dict]:
     """Samples from a checkpoint folder, one dict each: {"sample", "text", "tokens", "nfe"} (nfe: the
     sequence's network evaluations). `precision`: "auto" (bf16 autocast on CUDA, fp32 on the CPU),
     "fp32", "bf16" or "fp16" for the network; the output rows' logits and the sampling noise are
-    fp32 whatever the autocast (the final LayerNorm's output is fp32)."""
+    fp32 whatever the autocast (the final LayerNorm's output is fp32). `batch_size` bounds the
+    sequences sampled at once (default: all); batch j uses seed `seed + j`, so samples are
+    reproducible for a given seed and batch size."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"sampling: 'batch_size' must be >= 1, got {batch_size}")
     model = load_for_inference(ckpt, device, weights)
     dev = model.output_weight.device
     amp = autocast_dtype(precision, dev, "sampling")
@@ -275,11 +279,17 @@ def sample_records(ckpt, *, steps: int = 128, num_samples: int = 2, length: int 
     ids = tok.encode(prompt) if prompt else None
     if prompt is not None and not ids:
         raise ValueError("sampling: the prompt encodes to no tokens")
-    with torch.autocast(dev.type, dtype=amp) if amp else contextlib.nullcontext():
-        x, nfe = sample(model, num_samples, length, steps, prompt=ids, temperature=temperature, top_k=top_k,
-                        top_p=top_p, seed=seed, method=method, greedy=greedy, progress=progress)
-    return [{"sample": i, "text": tok.decode(row), "tokens": row, "nfe": n}
-            for i, (row, n) in enumerate(zip(x.cpu().tolist(), nfe.tolist()))]
+    check_sampling_args(steps, num_samples, length, temperature, top_k, top_p, method, greedy)
+    size = batch_size or num_samples
+    records = []
+    for j, start in enumerate(range(0, num_samples, size)):
+        n = min(size, num_samples - start)
+        with torch.autocast(dev.type, dtype=amp) if amp else contextlib.nullcontext():
+            x, nfe = sample(model, n, length, steps, prompt=ids, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed + j, method=method, greedy=greedy, progress=progress)
+        records += [{"sample": start + i, "text": tok.decode(row), "tokens": row, "nfe": e}
+                    for i, (row, e) in enumerate(zip(x.cpu().tolist(), nfe.tolist()))]
+    return records
 
 
 def sample_text(ckpt, **kw) -> list[str]:

@@ -101,3 +101,22 @@ def test_demo_short_run(tmp_path, capsys):
     assert res["step"] == 30 and math.isfinite(res["bound"]) and 0 < res["bound"] < math.log(256) + 0.5
     assert (tmp_path / "demo" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "demo" / "model" / "model.safetensors").exists()
+
+
+def test_sample_records_in_batches(tmp_path):
+    from radd_fast.sampling import sample_records
+
+    tiny_model().save_pretrained(tmp_path / "m")
+    kw = dict(steps=6, length=12, prompt="\x01\x02", device="cpu")  # bytes 1, 2 (the model has 11 ids)
+    whole = sample_records(tmp_path / "m", num_samples=5, batch_size=2, **kw)
+    assert [r["sample"] for r in whole] == [0, 1, 2, 3, 4]
+    # batch j is an ordinary run with seed + j
+    for j, start in enumerate((0, 2, 4)):
+        alone = sample_records(tmp_path / "m", num_samples=min(2, 5 - start), seed=j, **kw)
+        assert [r["tokens"] for r in alone] == [r["tokens"] for r in whole[start:start + 2]]
+        assert [r["nfe"] for r in alone] == [r["nfe"] for r in whole[start:start + 2]]
+    assert all(r["tokens"][:2] == [1, 2] and len(r["tokens"]) == 12 for r in whole)
+    with pytest.raises(ValueError, match="'batch_size' must be >= 1"):
+        sample_records(tmp_path / "m", num_samples=2, batch_size=0, **kw)
+    with pytest.raises(ValueError, match="'num_samples' must be >= 1"):
+        sample_records(tmp_path / "m", num_samples=0, **kw)
