@@ -22,21 +22,24 @@ import pytest
 import torch
 
 from radd_fast.model import RADD, preset
-from radd_fast.sampling import sample
+from radd_fast.sampling import _hidden_rows, sample
 from radd_fast.testing import MixerLM
 
 V = 50257  # output layer of V + 1 = 50,258 rows, as GPT-2's vocabulary plus the mask
 
 
 class Counted:
-    """The sampler protocol of a model, counting its network calls and their batch sizes."""
+    """The sampler protocol of a model, counting its network calls, their batch sizes and the rows
+    asked for (the sampler asks for the revealed rows only: RADD's last block then works on those)."""
 
     def __init__(self, model):
-        self.model, self.sizes = model, []
+        self.model, self.sizes, self.rows = model, [], []
+        self.hidden_rows = _hidden_rows(model)
 
-    def hidden(self, x):
+    def hidden(self, x, rows=None):
         self.sizes.append(x.shape[0])
-        return self.model.hidden(x)
+        self.rows.append(None if rows is None else rows.numel())
+        return self.model.hidden(x) if rows is None else self.hidden_rows(x, rows)
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -54,20 +57,23 @@ def build(name: str, device: torch.device, length: int):
     return model
 
 
-def replay_network(model: Counted, sizes: list[int], length: int, device: torch.device, autocast) -> float:
-    """Seconds that the network calls of a run take alone: the calls (same batch sizes, in order)
-    replayed, every k-th one for runs of more than 256 calls, scaled by k. A run's batch sizes only
-    shrink, one sequence at a time, so the sampled calls stand for their neighbours. (The CUDA
-    n = 4,096 run makes ~950 calls: a third of them are replayed, to fit gpu_check's time.)"""
+def replay_network(model: Counted, sizes: list[int], rows: list, length: int, device: torch.device,
+                   autocast) -> float:
+    """Seconds that the network calls of a run take alone: the calls (same batch sizes and row
+    counts, in order) replayed, every k-th one for runs of more than 256 calls, scaled by k. A run's
+    batch sizes only shrink, one sequence at a time, so the sampled calls stand for their
+    neighbours. (The CUDA n = 4,096 run makes ~950 calls: a third of them are replayed, to fit
+    gpu_check's time.)"""
     k = max(1, len(sizes) // 256)
-    picked = sizes[::k]
+    picked = list(zip(sizes, rows))[::k]
     x = torch.randint(0, V, (max(sizes, default=1), length), device=device)
+    index = torch.arange(max(sizes, default=1) * length, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
     with torch.no_grad(), autocast():
-        for s in picked:
-            model.model.hidden(x[:s])
+        for s, r in picked:
+            model.model.hidden(x[:s]) if r is None else model.hidden_rows(x[:s], index[:r])
     sync()
     return (time.perf_counter() - t0) * len(sizes) / max(len(picked), 1)
 
@@ -85,7 +91,7 @@ def run_case(bench, device, impl, model_name, B, L, n):
     nfe = []
 
     def fn():
-        model.sizes.clear()
+        model.sizes.clear(), model.rows.clear()
         with autocast():
             x, e = sample(model, B, L, n, seed=0, method=method)
         nfe[:] = [e]
@@ -102,7 +108,7 @@ def run_case(bench, device, impl, model_name, B, L, n):
     # The time-outside-the-network target is the new sampler's; replaying the reference's calls
     # would double its (long) run for a figure nobody asked for.
     if impl == "fused" and stats is not None and stats.stats.mean:
-        t_net = replay_network(model, sizes, L, device, autocast)
+        t_net = replay_network(model, sizes, list(model.rows), L, device, autocast)
         info["network_s"] = round(t_net, 3)
         info["outside_network_pct"] = round(100 * max(0.0, 1 - t_net / stats.stats.mean), 1)
     assert sum(sizes) == nfe[0].sum().item()  # one network evaluation per sequence per event

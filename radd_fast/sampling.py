@@ -6,7 +6,9 @@ Three methods, one process (radd-math.md, "Sampling"):
   position is drawn up front (radd_fast.functional.reveal_schedule); a sequence's *events* are its
   distinct reveal steps. Round r runs the network once on the sequences that still have an r-th
   event (a prefix of the batch sorted by event count), computes output logits only for the rows
-  revealed in that event and samples them on the device (radd_fast.functional.sample_rows). One
+  revealed in that event (a model whose ``hidden`` takes ``rows`` -- RADD -- also runs its last
+  block's projection and MLP on those rows alone) and samples them on the device
+  (radd_fast.functional.sample_rows). One
   host synchronisation after the schedule, none inside the loop; network evaluations per sequence
   = its number of events (E-NFE = n (1 - (1 - 1/n)^L)), and no work at all for steps that reveal
   nothing.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +148,20 @@ def _rounds(plan: RevealPlan, progress: bool, desc: str):
     return tqdm(plan.active, desc=desc, unit="round", dynamic_ncols=True)
 
 
+def _hidden_rows(model):
+    """(tokens (A, L), rows (R,) flat indices) -> the hidden states of those rows (R, H): through
+    `model.hidden(tokens, rows=rows)` where the model takes `rows` (RADD: its last block then works
+    on those rows alone), else by selecting them from `model.hidden(tokens)`."""
+    if "rows" in inspect.signature(model.hidden).parameters:
+        return lambda tokens, rows: model.hidden(tokens, rows=rows)
+
+    def select(tokens, rows):
+        h = model.hidden(tokens)
+        return h.reshape(-1, h.shape[-1]).index_select(0, rows)
+
+    return select
+
+
 def _restore_order(plan: RevealPlan) -> torch.Tensor:
     out = torch.empty_like(plan.x)
     return out.index_copy_(0, plan.perm, plan.x)
@@ -161,14 +178,14 @@ def run_cached(model, plan: RevealPlan, *, temperature: float = 1.0, top_k: int 
     flat = x.view(-1)
     V = model.vocab_size
     head = None
+    hidden_rows = _hidden_rows(model)
     for r, A in enumerate(_rounds(plan, progress, "sample")):
-        h = model.hidden(x[:A])
+        rows = plan.round_rows(r)
+        h = hidden_rows(x[:A], rows)
         if head is None:
             head = _head(model, h.dtype)
-        rows = plan.round_rows(r)
-        tokens, _ = _sample_rows(h.reshape(-1, h.shape[-1]).index_select(0, rows), head[0], head[1], V,
-                                 temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
-                                 offset=r + 1, impl=impl)
+        tokens, _ = _sample_rows(h, head[0], head[1], V, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 greedy=greedy, seed=seed, offset=r + 1, impl=impl)
         flat.index_copy_(0, rows, tokens.to(flat.dtype))
     return _restore_order(plan)
 
@@ -185,16 +202,17 @@ def run_confidence(model, plan: RevealPlan, *, temperature: float = 1.0, top_k: 
     V = model.vocab_size
     total = plan.round_offsets[-1]
     head = None
+    hidden_rows = _hidden_rows(model)
     for r, A in enumerate(_rounds(plan, progress, "sample (confidence)")):
         xa = x[:A]
-        h = model.hidden(xa)
-        if head is None:
-            head = _head(model, h.dtype)
         # Every masked position left belongs to an active sequence: their number is known on the host.
         left = total - plan.round_offsets[r]
         masked = (xa == model.mask_id).view(-1)
         cand = torch.argsort((~masked).to(torch.uint8), stable=True)[:left]
-        tokens, log_prob = _sample_rows(h.reshape(-1, h.shape[-1]).index_select(0, cand), head[0], head[1], V,
+        h = hidden_rows(xa, cand)
+        if head is None:
+            head = _head(model, h.dtype)
+        tokens, log_prob = _sample_rows(h, head[0], head[1], V,
                                         temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
                                         offset=r + 1, impl=impl)
         conf = torch.full((A * L,), float("-inf"), dtype=log_prob.dtype, device=x.device)

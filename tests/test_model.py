@@ -273,3 +273,23 @@ def test_activation_checkpointing_with_compiled_blocks():
     for k in grads[0]:  # compiled code rounds differently: relative to each gradient's scale
         scale = grads[0][k].abs().max().item()
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-4 * scale, msg=k)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("n_blocks", [0, 1, 2])
+def test_hidden_of_selected_rows(impl, n_blocks):
+    # hidden(tokens, rows=...) -- the sampler's path: the last block's projection and MLP on those
+    # rows only -- equals selecting them from the full hidden states (float64: to rounding).
+    cfg = small_config(n_blocks=n_blocks)
+    model = randomised(RADD(cfg, impl=impl)).double().eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, cfg.vocab_size + 1, (3, 17), generator=g)
+    pad = torch.rand(3, 17, generator=g) > 0.2
+    order = torch.randint(0, 5, (3, 17), generator=g)
+    rows = torch.tensor([50, 0, 5, 16, 17, 40, 33, 5])  # any order, repeats allowed
+    for kw in ({}, {"key_padding_mask": pad, "order": order}):
+        full = model.hidden(x, **kw).reshape(-1, cfg.hidden_size)
+        part = model.hidden(x, rows=rows, **kw)
+        assert part.shape == (len(rows), cfg.hidden_size)
+        torch.testing.assert_close(part, full[rows], rtol=1e-12, atol=1e-12)
+    assert model.hidden(x, rows=rows[:0]).shape == (0, cfg.hidden_size)

@@ -623,6 +623,42 @@ def test_fused_and_reference_ops_give_the_same_samples(device):
     assert torch.equal(a, b) and torch.equal(na, nb)
 
 
+class _FullHidden:
+    """A model's sampler protocol without `rows`: the sampler then selects rows of full hidden states."""
+
+    def __init__(self, model):
+        self.model, self.asked = model, []
+
+    def hidden(self, x):
+        self.asked.append(x.shape)
+        return self.model.hidden(x)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_radd_samples_through_selected_rows(device):
+    # RADD's hidden(tokens, rows=...) (its last block on the revealed rows only) gives the samples of
+    # full hidden states (float64 model: no near-tie can flip), in both methods.
+    from radd_fast.model import RADD, RADDConfig
+
+    torch.manual_seed(0)
+    model = RADD(RADDConfig(vocab_size=13, hidden_size=32, n_heads=2, n_blocks=2, max_length=20, dropout=0.0,
+                            tokenizer="bytes")).to(device).double().eval()
+    with torch.no_grad():
+        model.output_layer.linear.weight.normal_()
+    calls = []
+    original = model.hidden
+    model.hidden = lambda x, rows=None, **kw: calls.append(rows is not None) or original(x, rows=rows, **kw)
+    full = _FullHidden(model)
+    for method in ("cached", "confidence"):
+        calls.clear()
+        a, na = sample(model, 4, 20, 12, prompt=[3], seed=2, method=method, top_p=0.8)
+        assert len(calls) == na.max() and all(calls)  # every round asked for its rows only
+        b, nb = sample(full, 4, 20, 12, prompt=[3], seed=2, method=method, top_p=0.8)
+        assert torch.equal(a, b) and torch.equal(na, nb), method
+
+
 def test_greedy(device):
     model = mixer(V=7, L=12, device=device)
     a, _ = sample(model, 4, 12, 6, greedy=True, seed=1)
