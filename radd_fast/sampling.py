@@ -8,18 +8,17 @@ Three methods, one process (radd-math.md, "Sampling"):
   event (a prefix of the batch sorted by event count), computes output logits only for the rows
   revealed in that event (a model whose ``hidden`` takes ``rows`` -- RADD -- also runs its last
   block's projection and MLP on those rows alone) and samples them on the device
-  (radd_fast.functional.sample_rows). One
-  host synchronisation after the schedule, none inside the loop; network evaluations per sequence
-  = its number of events (E-NFE = n (1 - (1 - 1/n)^L)), and no work at all for steps that reveal
-  nothing.
+  (radd_fast.functional.sample_rows). One host synchronisation after the schedule, none inside the
+  loop; network evaluations per sequence = its number of events (E-NFE = n (1 - (1 - 1/n)^L)), and
+  no work at all for steps that reveal nothing.
 * ``"confidence"`` -- the same rounds and the same number of tokens revealed per sequence per
   round, but the revealed positions are the masked ones the model is most sure of (highest
   probability of the token sampled there), MaskGIT/LLaDA style. Not RADD's distribution.
 * ``"reference"`` -- radd_fast.reference.sample_cached, the step-by-step oracle.
 
-The model only needs the protocol of radd_fast.model.RADD: ``hidden(tokens)``, ``logits(h)``,
-``output_weight`` / ``output_bias`` (V + 1 rows), ``vocab_size`` and ``mask_id`` (radd_fast.testing
-has an attention-free example).
+The model only needs the protocol of radd_fast.model.RADD: ``hidden(tokens)`` (optionally with a
+``rows`` keyword), ``logits(h)``, ``output_weight`` / ``output_bias`` (V + 1 rows), ``vocab_size``
+and ``mask_id`` (radd_fast.testing has an attention-free example).
 """
 
 from __future__ import annotations
