@@ -218,10 +218,8 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D, NK>(), NK == 1 ? 2 : 1)
   // step such a warpgroup computes.
   auto softmax_to_p = [&](int js) {
     const int vis = vis_of(js);
-    if (vis == kTileHidden)
-#pragma unroll
-      for (int i = 0; i < 4 * NT; ++i) s_flat[i] = neg_inf<float>();
-    fwd_softmax_stats<NT>(s, m, l, alpha, scale_log2, vis == kTilePartial, mp, b, int64_t(js) * KEYS, row0, t4);
+    fwd_softmax_stats<NT>(s, m, l, alpha, scale_log2, vis == kTilePartial, mp, b, int64_t(js) * KEYS, row0, t4,
+                          vis == kTileHidden);
   };
   auto issue_pv = [&](int slot) {  // O += P V; k step kk = keys 16 kk..+15; V read MN-major
     const uint64_t vd = v_desc + slot * kSlotUnits;

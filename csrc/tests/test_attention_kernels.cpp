@@ -33,6 +33,7 @@ struct Case {
   std::string mask;  // none | pad | causal | anyorder | prefix | block
   bool strict;
   bool packed;
+  double scale = 0;  // 0: the default 1 / sqrt(head_dim); the op allows any finite scale
 };
 
 struct Mask {
@@ -113,7 +114,7 @@ void run_case(const Case& c, unsigned seed) {
   for (auto& x : dout) x = T(normal(rng));
   auto at = [&](const T* p, int b, int l, int h, int d) { return double(float_or(p[b * sb + l * sl + h * D + d])); };
   const Mask mk = make_mask(c, rng);
-  const double scale = 1.0 / std::sqrt(double(D));
+  const double scale = c.scale != 0 ? c.scale : 1.0 / std::sqrt(double(D));
 
   // ---- float64 reference
   std::vector<double> o_ref(n, 0.0), lse_ref(size_t(B) * H * L), dq_ref(n, 0.0), dk_ref(n, 0.0), dv_ref(n, 0.0);
@@ -226,9 +227,9 @@ void run_case(const Case& c, unsigned seed) {
   // cores (2^-9 relative each); a misplaced fragment is off by O(1).
   const double tol = kMma ? 3e-2 : std::is_same_v<T, float> ? 2e-5 : 1e-12;
   char what[160];
-  std::snprintf(what, sizeof what, "%s D=%d%s B=%d H=%d L=%d mask=%s strict=%d packed=%d",
+  std::snprintf(what, sizeof what, "%s D=%d%s B=%d H=%d L=%d mask=%s strict=%d packed=%d scale=%.3g",
                 kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 0 ? (KW == 8 ? " wgmma k128" : " wgmma") : KW == 8 ? (MT == 2 ? " q128 k128" : " q64 k128") : MT == 2 ? " q128" : " q64") : "", B, H, L,
-                c.mask.c_str(), int(c.strict), int(c.packed));
+                c.mask.c_str(), int(c.strict), int(c.packed), scale);
   double lse_err = 0;
   for (size_t i = 0; i < lse.size(); ++i) {
     const double w = lse_ref[i], g = double(lse[i]);
@@ -275,12 +276,21 @@ int main() {
       {2, 1, 130, "anyorder", true, false},
       {1, 2, 7, "causal", false, true},
   };
+  // The forward's softmax scales the row maxima, not the scores, when the scale is positive; a
+  // negative one takes the scale-first path (hidden scores must stay -inf). Both, with masks.
+  const std::vector<Case> scales = {
+      {1, 2, 130, "causal", false, true, -0.2},
+      {2, 1, 130, "pad", false, false, -0.09},
+      {1, 1, 130, "anyorder", true, true, 0.31},
+  };
   // The forward's query tile as cuda.cu picks it: 128 (MT = 2) at head_dim 32 and 64, 64 at 128;
   // and 64 at head_dim 64 (RADD_FAST_ATTENTION_QUERY_TILE=64).
   run_all<EmuBf16, 64, 2>(mma_cases, 1);
   run_all<EmuBf16, 32, 2>(small, 100);
   run_all<EmuBf16, 128, 1>(small, 200);
   run_all<EmuBf16, 64, 1>(small, 250);
+  run_all<EmuBf16, 64, 2>(scales, 260);
+  run_all<EmuBf16, 128, 1>(scales, 270);
   // RADD_FAST_ATTENTION_KEY_TILE=128: the mma backward with 128-key blocks, every head_dim (at L 130
   // the second block's last four warps hold no key inside L; causal at 256 has warps whose keys a
   // query tile sees beside warps whose keys it does not), and the 64-query forward stepping over
@@ -293,6 +303,8 @@ int main() {
   run_all<EmuBf16, 64, 0>(mma_cases, 700);
   run_all<EmuBf16, 32, 0>(small, 800);
   run_all<EmuBf16, 128, 0>(small, 900);
+  run_all<EmuBf16, 64, 0>(scales, 950);  // a negative scale with a tile hidden from one warpgroup
+  run_all<EmuBf16, 64, 0, 8>({scales[0]}, 960);
   // The wgmma forward's 128-key steps (RADD_FAST_ATTENTION_KEY_TILE=128) on 128-query blocks (at
   // L 130 the second block's second warpgroup has no row inside L; 256 causal: warpgroups that see
   // different steps); L 520 runs the pipeline over five steps, the last one past L.
