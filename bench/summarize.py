@@ -45,6 +45,42 @@ def print_profile(lines: list[str]) -> None:
         print(f"  {kid:>3} {k['name'][:64]:<64} grid {k['grid']}: {fields}")
 
 
+STALL_METRIC = re.compile(r"smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio")
+SCHEDULER_METRICS = {"smsp__average_warp_latency_per_inst_issued.ratio": "cycles per issue",
+                     "smsp__issue_active.avg.pct_of_peak_sustained_active": "issue %",
+                     "smsp__warps_active.avg.per_cycle_active": "active warps",
+                     "smsp__warps_eligible.avg.per_cycle_active": "eligible warps"}
+
+
+def print_stalls(lines: list[str]) -> None:
+    """Per profiled launch, from `ncu --csv --page raw` (a header of metric names, a row of units,
+    a row per launch): the scheduler's figures and the six largest stall reasons, in warps stalled
+    per issued instruction (their sum is the cycles between two issues of a warp)."""
+    rows = list(csv.reader(line for line in lines if line.startswith('"')))
+    head = rows[0] if rows else []
+    if "ID" not in head or "Kernel Name" not in head:
+        print("stalls   no Nsight Compute rows (see stalls.log)")
+        return
+    id_col, name_col = head.index("ID"), head.index("Kernel Name")
+    stalls = [(i, m.group(1)) for i, h in enumerate(head) if (m := STALL_METRIC.fullmatch(h))]
+    sched = [(i, SCHEDULER_METRICS[h]) for i, h in enumerate(head) if h in SCHEDULER_METRICS]
+    launches = [r for r in rows[1:] if len(r) == len(head) and r[id_col].strip().isdigit()]
+    print(f"stalls   {len(launches)} launches, {len(stalls)} stall reasons collected (Nsight Compute):")
+
+    def number(text: str) -> float:
+        try:
+            return float(text.replace(",", ""))
+        except ValueError:
+            return float("nan")
+
+    for r in launches:
+        name = re.sub(r"\w+::", "", r[name_col].split("(")[0].removeprefix("void "))
+        figures = ", ".join(f"{label} {number(r[i]):.3g}" for i, label in sched)
+        top = sorted(((number(r[i]), reason) for i, reason in stalls), reverse=True)[:6]
+        print(f"  {r[id_col]:>3} {name[:60]}: {figures}")
+        print("      stalls: " + (", ".join(f"{reason} {v:.2f}" for v, reason in top) or "none collected"))
+
+
 def merge(target: Path, parts: list[Path]) -> None:
     """Concatenates the benchmarks of pytest-benchmark JSON files (missing or empty ones skipped: a
     stage cut short writes none) into `target`, which keeps the first file's machine and commit."""
@@ -132,6 +168,9 @@ def main(argv: list[str]) -> int:
     profile = out / "profile.log"  # Nsight Compute CSV of bench/profile_cases.py
     if profile.exists():
         print_profile(profile.read_text(errors="replace").splitlines())
+    stalls_log = out / "stalls.log"  # ncu --page raw of the mma.sync attention kernels
+    if stalls_log.exists():
+        print_stalls(stalls_log.read_text(errors="replace").splitlines())
     groups: dict[str, list] = {}
     for name in ("bench.json", "bench_sampler.json", "bench_compile.json", "bench_wgmma.json"):  # stages of their own
         bj = out / name

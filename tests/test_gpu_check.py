@@ -58,6 +58,8 @@ def test_profile_train_runs_small_on_the_cpu(capsys):
 def test_profile_cases_run_small_on_the_cpu(capsys):
     assert load_bench_script("profile_cases").main(["--small", "--device", "cpu"]) == 0
     assert "profile cases done" in capsys.readouterr().out
+    assert load_bench_script("profile_cases").main(["--small", "--device", "cpu", "--only", "attention"]) == 0
+    assert "profile cases done" in capsys.readouterr().out
 
 
 def test_summary_merges_benchmark_files(tmp_path):
@@ -113,6 +115,26 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
     assert "  FAILED tests/test_attention.py::test_cuda_wgmma_kernels[x]" in out
     assert "  wgmma layout A registers, B MN-major      N  64: error 1.2e+00 FAIL" in out
     assert "  wgmma layouts: 5 of 6 forms agree" in out
+
+
+def test_summary_digests_the_stall_profile(tmp_path, capsys):
+    # `ncu --csv --page raw`: metric names, then units, then one row per launch (numbers may carry
+    # thousands separators); the digest names each launch's largest stall reasons.
+    names = ["ID", "Kernel Name", "smsp__average_warp_latency_per_inst_issued.ratio",
+             "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",
+             "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",
+             "smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio",
+             "smsp__warps_eligible.avg.per_cycle_active"]
+    units = ["", "", "cycle", "", "", "", "warp"]
+    launch = ["0", "void radd_fast::attention::cuda::fwd_mma_kernel<__nv_bfloat16, 64, 2, 1>(Rows)", "1,234.5",
+              "0.5", "3.25", "1.75", "0.4"]
+    text = "==PROF== Connected\n" + "\n".join(",".join(f'"{v}"' for v in row) for row in (names, units, launch))
+    (tmp_path / "stalls.log").write_text(text + "\n")
+    assert load_bench_script("summarize").main(["summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "stalls   1 launches, 3 stall reasons collected" in out
+    assert "fwd_mma_kernel<__nv_bfloat16, 64, 2, 1>: cycles per issue 1.23e+03, eligible warps 0.4" in out
+    assert "stalls: long_scoreboard 3.25, math_pipe_throttle 1.75, barrier 0.50" in out
 
 
 @pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
