@@ -91,7 +91,8 @@ def run_case(bench, device, impl, model_name, B, L, n):
     nfe = []
 
     def fn():
-        model.sizes.clear(), model.rows.clear()
+        model.sizes.clear()
+        model.rows.clear()
         with autocast():
             x, e = sample(model, B, L, n, seed=0, method=method)
         nfe[:] = [e]
