@@ -81,6 +81,58 @@ def print_stalls(lines: list[str]) -> None:
         print("      stalls: " + (", ".join(f"{reason} {v:.2f}" for v, reason in top) or "none collected"))
 
 
+# Defaults that wait on a GPU measurement (bench/RESULTS.md, "not yet run on a GPU"). Each rule
+# compares a candidate row with the current default's row in every group matching its pattern;
+# the verdict names the change to make. Within 3 % either way counts as noise: keep the default.
+DECISIONS = [
+    ("cuDNN first for differentiated SDPA on Hopper", r"attention bwd cuda bfloat16 bidirectional D=\d+$",
+     "auto", "sdpa", "keep (functional.sdpa_backend)", "set RADD_FAST_SDPA_BACKEND=auto back to torch's order"),
+    ("cuDNN first, whole training step", r"train step small cuda$", "auto", "auto-torch-sdpa",
+     "keep", "set RADD_FAST_SDPA_BACKEND=auto back to torch's order"),
+    ("128-key mma.sync tiles", r"attention (fwd|bwd) cuda bfloat16 bidirectional D=\d+$", "fused-k128", "fused",
+     "make RADD_FAST_ATTENTION_KEY_TILE=auto pick 128 for this pass and head_dim (cuda_api.cpp)", "keep 64"),
+    ("wgmma forward on 128-key steps", r"attention fwd cuda bfloat16 (bidirectional|causal) D=\d+$",
+     "fused-wgmma-k128", "fused", "consider it for auto (cuda_api.cpp forward_kernel)", "keep mma.sync"),
+    ("wgmma kernels", r"attention (fwd|bwd) cuda bfloat16 (bidirectional|causal) D=\d+$", "fused-wgmma", "fused",
+     "consider wgmma for auto (cuda_api.cpp)", "keep mma.sync"),
+    ("grad_h split in 4 class slices", r"linear_dce fwd\+bwd cuda bfloat16 N=\d+$", "fused-split4", "fused",
+     "make RADD_FAST_DCE_GRAD_H_SPLIT default to 4", "keep 1"),
+    ("compiled blocks in training", r"train step small cuda$", "auto+compile", "auto",
+     "consider --compile by default on CUDA", "keep --compile opt-in"),
+]
+# The mma.sync backward's mean times at commit fe5768b (2026-11-30, H200), before its dQ additions
+# became 16-byte vector reductions on sm_90: revert those (kernels.cuh, dq_atomic_add) if slower.
+SCALAR_DQ_BWD_MS = {"attention bwd cuda bfloat16 bidirectional D=64": 1.515,
+                    "attention bwd cuda bfloat16 bidirectional D=128": 2.307}
+
+
+def print_decisions(groups: dict[str, list]) -> None:
+    """One line per rule and matching group: candidate against default, and what to change."""
+
+    def mean_ms(rows: list, impl: str):
+        return next((r["stats"]["mean"] * 1e3 for r in rows if r["extra_info"].get("impl") == impl), None)
+
+    print("decisions (rows of this run; within 3 % = noise, keep the default):")
+    for what, pattern, cand, base, if_faster, if_not in DECISIONS:
+        matched = [(g, rows) for g, rows in groups.items() if re.search(pattern, g)]
+        for g, rows in matched:
+            c, b = mean_ms(rows, cand), mean_ms(rows, base)
+            if c is None or b is None:
+                print(f"  {what}: {g}: {cand} or {base} not measured")
+                continue
+            verdict = if_faster if c < 0.97 * b else if_not if c > 1.03 * b else "within noise: keep the default"
+            print(f"  {what}: {g}: {cand} {c:.3f} ms vs {base} {b:.3f} ms ({b / c:.2f}x) -> {verdict}")
+        if not matched:
+            print(f"  {what}: no group measured")
+    for g, before in SCALAR_DQ_BWD_MS.items():
+        now = mean_ms(groups.get(g, []), "fused")
+        if now is not None:
+            verdict = ("keep" if now < 0.97 * before else "revert to scalar atomics (kernels.cuh)" if now > 1.03 * before
+                       else "within noise: keep")
+            print(f"  vector dQ reductions: {g}: fused {now:.3f} ms vs {before:.3f} ms with scalar atomics "
+                  f"(fe5768b) -> {verdict}")
+
+
 def merge(target: Path, parts: list[Path]) -> None:
     """Concatenates the benchmarks of pytest-benchmark JSON files (missing or empty ones skipped: a
     stage cut short writes none) into `target`, which keeps the first file's machine and commit."""
@@ -194,6 +246,7 @@ def main(argv: list[str]) -> int:
                 if "network_calls" in e:  # sampler runs: network calls and time outside the network
                     print(f"{'':<44}   network calls {e['network_calls']}, sequence evaluations "
                           f"{e.get('sequence_evaluations')}, outside the network {e.get('outside_network_pct', '?')}%")
+        print_decisions(groups)
     print("=" * 100)
     return 0
 

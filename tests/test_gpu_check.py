@@ -117,6 +117,27 @@ def test_summary_digests_sanitizer_and_profile_logs(tmp_path, capsys):
     assert "  wgmma layouts: 5 of 6 forms agree" in out
 
 
+def test_summary_names_the_decisions_the_figures_make(tmp_path, capsys):
+    # The defaults waiting on a GPU run: each rule's candidate row against the default's row.
+    def row(group, impl, ms):
+        return {"group": group, "extra_info": {"impl": impl, "baseline": "sdpa"}, "stats": {"mean": ms / 1e3}}
+
+    bwd, loss = "attention bwd cuda bfloat16 bidirectional D=64", "linear_dce fwd+bwd cuda bfloat16 N=8192"
+    benchmarks = [row(bwd, "sdpa", 0.50), row(bwd, "fused", 1.60), row(bwd, "auto", 0.40), row(bwd, "fused-k128", 1.00),
+                  row(loss, "fused", 3.36), row(loss, "fused-split4", 3.40),
+                  row("train step small cuda", "auto", 85.0), row("train step small cuda", "auto-torch-sdpa", 80.0)]
+    (tmp_path / "bench.json").write_text(json.dumps({"benchmarks": benchmarks}))
+    assert load_bench_script("summarize").main(["summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"cuDNN first for differentiated SDPA on Hopper: {bwd}: auto 0.400 ms vs sdpa 0.500 ms (1.25x) -> keep" in out
+    assert "cuDNN first, whole training step: train step small cuda: auto 85.000 ms vs auto-torch-sdpa 80.000 ms " \
+           "(0.94x) -> set RADD_FAST_SDPA_BACKEND=auto back to torch's order" in out
+    assert f"128-key mma.sync tiles: {bwd}: fused-k128 1.000 ms vs fused 1.600 ms (1.60x) -> make" in out
+    assert f"grad_h split in 4 class slices: {loss}: fused-split4 3.400 ms vs fused 3.360 ms (0.99x) -> within noise" in out
+    assert "wgmma kernels: attention bwd cuda bfloat16 bidirectional D=64: fused-wgmma or fused not measured" in out
+    assert f"vector dQ reductions: {bwd}: fused 1.600 ms vs 1.515 ms with scalar atomics (fe5768b) -> revert" in out
+
+
 def test_summary_digests_the_stall_profile(tmp_path, capsys):
     # `ncu --csv --page raw`: metric names, then units, then one row per launch (numbers may carry
     # thousands separators); the digest names each launch's largest stall reasons.
