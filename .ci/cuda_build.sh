@@ -15,7 +15,8 @@ src=$(mktemp -d)
 trap 'rm -rf "$src"' EXIT
 git -C "$root" ls-files -z --cached --others --exclude-standard | (cd "$root" && xargs -0 cp --parents -t "$src")
 cd "$src"
-export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-2}"
+# ptxas -v: registers and spills of every kernel, checked below (bench/kernel_resources.py).
+export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-2}" RADD_FAST_PTXAS_VERBOSE=1
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 log=${CUDA_BUILD_LOG:-$root/build/cuda_build.log}
 mkdir -p "$(dirname "$log")"
@@ -25,6 +26,8 @@ if ! "$venv/bin/pip" install -v --no-build-isolation --no-deps --force-reinstall
   exit 1
 fi
 grep -F "[radd_fast build]" "$log"
+# No register spills in the tensor-core attention kernels or the loss's GEMM tiles, on any arch.
+python3 "$src/bench/kernel_resources.py" "$log" --check
 cd /
 "$venv/bin/python" - <<'PY'
 import json, os, radd_fast, torch

@@ -76,16 +76,13 @@ __global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wg
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 
   const CoreTileLoader<T, D, kMmaThreads> q_rows(Q, b, h), do_rows(dO, b, h);
+  const float* lse_bh = lse + (b * H + h) * L;
+  const float* delta_bh = delta + (b * H + h) * L;
   auto load_q_tile = [&](int64_t qt, int sbuf) {
     const int64_t q0 = qt * kMmaTile;
     q_rows.load(Qs + sbuf * S::kTileElems, q0, L);
     do_rows.load(dOs + sbuf * S::kTileElems, q0, L);
-    for (int i = threadIdx.x; i < kMmaTile; i += kMmaThreads) {  // plain loads: tiny
-      const int64_t r = q0 + i;
-      const float x = r < L ? lse[(b * H + h) * L + r] : neg_inf<float>();
-      lse_s[sbuf * kMmaTile + i] = backward_offset(x) * kLog2e;  // +inf for rows without keys / past L
-      delta_s[sbuf * kMmaTile + i] = r < L ? delta[(b * H + h) * L + r] : 0.f;
-    }
+    load_row_stats<kMmaThreads>(lse_s + sbuf * kMmaTile, delta_s + sbuf * kMmaTile, lse_bh, delta_bh, q0, L);
   };
 
   CoreTileLoader<T, D, kMmaThreads>(K, b, h).load(Ks, k0, L);

@@ -95,12 +95,13 @@ struct CoreTileLoader {
     dst = rg * 8 * D + c * 64 + r8 * 8;
   }
   __device__ __forceinline__ void load(T* smem, int64_t row0, int64_t L) const {
-    const T* first = head + row0 * ld;
+    const int rows = static_cast<int>(min(L - row0, static_cast<int64_t>(ROWS)));  // rows inside L
+    const int64_t step = kRowStep * ld;
+    const T* p = head + (row0 + row) * ld;
 #pragma unroll
-    for (int j = 0; j < kIters; ++j) {  // a copy past L reads nothing but still names a valid row: 0
-      const int r = row + j * kRowStep;
-      const bool ok = row0 + r < L;
-      cp_async_16(smem + dst + j * kRowStep * D, ok ? first + r * ld : head, ok);
+    for (int j = 0; j < kIters; ++j, p += step) {  // a copy past L reads nothing but names row 0
+      const bool ok = row + j * kRowStep < rows;
+      cp_async_16(smem + dst + j * kRowStep * D, ok ? p : head, ok);
     }
   }
 };

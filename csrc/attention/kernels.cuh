@@ -268,16 +268,44 @@ constexpr int smem_ld() {
 }
 
 // Copies rows [row0, row0 + ROWS) of one head into a smem tile (zeros past L); THREADS: the block's.
+// Thread i copies 16-byte piece i % (D / 8) of rows i / (D / 8) + j THREADS / (D / 8): 8 threads
+// read one 128-byte line. A thread's piece, rows and smem places are the same for every tile, so
+// it keeps them (and the head's base) from one tile to the next, and each copy is a 64-bit pointer
+// step, a 32-bit bounds test and the cp.async. In SASS (sm_90a, CUDA 13.0) the forward's K and V
+// copies of one key step take 81 instructions per thread at head_dim 64, against ~280 for a loop
+// over a runtime threadIdx with (b, l, h) addressing per piece -- and the register pressure that
+// addressing added made the head_dim-128 backward spill 140 bytes.
+template <typename T, int D, int ROWS = kMmaTile, int THREADS = kMmaThreads>
+struct RowTileLoader {
+  static constexpr int kChunks = D / 8, kRowStep = THREADS / kChunks, kIters = ROWS / kRowStep;
+  static_assert(THREADS % kChunks == 0 && kIters * kRowStep == ROWS, "tile / thread mismatch");
+  const T* head;  // row 0 of (b, h), this thread's 8 columns
+  int64_t ld;     // elements between rows
+  int row, dst;   // this thread's first row of a tile and its element offset in the smem tile
+
+  __device__ __forceinline__ RowTileLoader(const Rows<T>& src, int64_t b, int64_t h) {
+    const int c = threadIdx.x % kChunks;
+    head = src.p + b * src.sb + h * src.sh + c * 8;
+    ld = src.sl;
+    row = threadIdx.x / kChunks;
+    dst = row * smem_ld<D>() + c * 8;
+  }
+  __device__ __forceinline__ void load(T* smem, int64_t row0, int64_t L) const {
+    const int rows = static_cast<int>(min(L - row0, static_cast<int64_t>(ROWS)));  // rows inside L
+    const int64_t step = kRowStep * ld;
+    const T* p = head + (row0 + row) * ld;
+#pragma unroll
+    for (int j = 0; j < kIters; ++j, p += step) {  // a copy past L reads nothing but names row 0
+      const bool ok = row + j * kRowStep < rows;
+      cp_async_16(smem + dst + j * kRowStep * smem_ld<D>(), ok ? p : head, ok);
+    }
+  }
+};
+// One-off form of the above.
 template <typename T, int D, int ROWS = kMmaTile, int THREADS = kMmaThreads>
 __device__ __forceinline__ void load_tile_async(T* smem, const Rows<T>& src, int64_t b, int64_t row0, int64_t h,
                                                 int64_t L) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
-    const int r = i / kChunks, c = i % kChunks;
-    const bool ok = row0 + r < L;
-    const T* g = src.row(b, ok ? row0 + r : row0, h) + c * 8;
-    cp_async_16(smem + r * smem_ld<D>() + c * 8, g, ok);
-  }
+  RowTileLoader<T, D, ROWS, THREADS>(src, b, h).load(smem, row0, L);
 }
 
 // ---------------------------------------------------------------------------- forward (mma)
@@ -440,10 +468,19 @@ __device__ __forceinline__ void fwd_store_rows(float (&m)[2], float (&l)[2], con
   }
 }
 
+// The forward's CTAs per SM that ptxas must leave registers for. Left to itself, ptxas (CUDA 13.0,
+// sm_90a) capped the 64-query variants at head_dim 64 at 128 or 168 registers (4 or 3 CTAs) and
+// spilled 20-52 bytes; one CTA lets every variant keep its values in registers, and at head_dim
+// 32, 3 keeps the default 128-query kernel at 3 CTAs per SM (168 registers, no spill).
+template <int D>
+constexpr int fwd_mma_min_blocks() {
+  return D <= 32 ? 3 : 1;
+}
+
 template <typename T, int D, int MT, int NK = 1>
-__global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, T* __restrict__ out,
-                                                               float* __restrict__ lse, MaskParams mp, int64_t H,
-                                                               float scale_log2) {
+__global__ void __launch_bounds__(kMmaThreads, fwd_mma_min_blocks<D>())
+    fwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, T* __restrict__ out, float* __restrict__ lse, MaskParams mp,
+                   int64_t H, float scale_log2) {
   static_assert(NK == 1 || NK == 2, "64 or 128 keys per step");
   using M = MmaType<T>;
   using S = FwdMmaSmem<T, D, MT, NK>;
@@ -473,10 +510,11 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
 
   load_tile_async<T, D, QROWS>(Qs, Q, b, q0, h, L);
   cp_async_commit();
+  const RowTileLoader<T, D, KEYS> k_loader(K, b, h), v_loader(V, b, h);
   int64_t kt = next_step(0);  // the current step
   if (kt < n_s) {
-    load_tile_async<T, D, KEYS>(Ks, K, b, kt * KEYS, h, L);
-    load_tile_async<T, D, KEYS>(Vs, V, b, kt * KEYS, h, L);
+    k_loader.load(Ks, kt * KEYS, L);
+    v_loader.load(Vs, kt * KEYS, L);
   }
   cp_async_commit();
   cp_async_wait<1>();  // Q has landed
@@ -507,8 +545,8 @@ __global__ void __launch_bounds__(kMmaThreads) fwd_mma_kernel(Rows<T> Q, Rows<T>
   while (kt < n_s) {
     const int64_t nxt = next_step(kt + 1);
     if (nxt < n_s) {  // prefetch the next needed step into the other buffer
-      load_tile_async<T, D, KEYS>(Ks + (buf ^ 1) * S::kStepElems, K, b, nxt * KEYS, h, L);
-      load_tile_async<T, D, KEYS>(Vs + (buf ^ 1) * S::kStepElems, V, b, nxt * KEYS, h, L);
+      k_loader.load(Ks + (buf ^ 1) * S::kStepElems, nxt * KEYS, L);
+      v_loader.load(Vs + (buf ^ 1) * S::kStepElems, nxt * KEYS, L);
     }
     cp_async_commit();
     cp_async_wait<1>();  // the current step has landed
@@ -623,6 +661,20 @@ struct BwdMmaSmem {
                                    sizeof(float) * 2 * 2 * kMmaTile;
 };
 
+// The backward's per-row inputs of query rows q0 .. q0 + 63 into shared memory, one thread per
+// row: base-2 offsets from lse (+inf for rows without keys and past L) and delta (0 past L).
+// lse_bh / delta_bh: row 0 of the (b, h) pair.
+template <int THREADS>
+__device__ __forceinline__ void load_row_stats(float* lse_s, float* delta_s, const float* lse_bh,
+                                               const float* delta_bh, int64_t q0, int64_t L) {
+  static_assert(THREADS >= kMmaTile, "one thread per query row");
+  if (const int i = threadIdx.x; i < kMmaTile) {
+    const int64_t r = q0 + i;
+    lse_s[i] = backward_offset(r < L ? lse_bh[r] : neg_inf<float>()) * kLog2e;
+    delta_s[i] = r < L ? delta_bh[r] : 0.f;
+  }
+}
+
 // One n-tile (queries nt * 8 .. + 7) of the backward's P^T and dS^T, in the accumulator layout of
 // mma.sync (and of wgmma, per warp): element e is key row e / 2 of this lane, query column
 // nt * 8 + 2 t4 + (e & 1). In place: st becomes P^T = exp2(S^T scale log2e - lse log2e) (0 where
@@ -691,16 +743,14 @@ __global__ void __launch_bounds__(KW * 32) bwd_mma_kernel(Rows<T> Q, Rows<T> K, 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int64_t kt_w = kt_lo + warp / 4;  // the warp's stats tile (>= n_t: all its keys are past L)
 
+  const RowTileLoader<T, D, kMmaTile, THREADS> q_loader(Q, b, h), do_loader(dO, b, h);
+  const float* lse_bh = lse + (b * H + h) * L;
+  const float* delta_bh = delta + (b * H + h) * L;
   auto load_q_tile = [&](int64_t qt, int sbuf) {
     const int64_t q0 = qt * kMmaTile;
-    load_tile_async<T, D, kMmaTile, THREADS>(Qs + sbuf * S::kTileElems, Q, b, q0, h, L);
-    load_tile_async<T, D, kMmaTile, THREADS>(dOs + sbuf * S::kTileElems, dO, b, q0, h, L);
-    for (int i = threadIdx.x; i < kMmaTile; i += THREADS) {  // plain loads: tiny
-      const int64_t r = q0 + i;
-      const float x = r < L ? lse[(b * H + h) * L + r] : neg_inf<float>();
-      lse_s[sbuf * kMmaTile + i] = backward_offset(x) * kLog2e;  // +inf for rows without keys / past L
-      delta_s[sbuf * kMmaTile + i] = r < L ? delta[(b * H + h) * L + r] : 0.f;
-    }
+    q_loader.load(Qs + sbuf * S::kTileElems, q0, L);
+    do_loader.load(dOs + sbuf * S::kTileElems, q0, L);
+    load_row_stats<THREADS>(lse_s + sbuf * kMmaTile, delta_s + sbuf * kMmaTile, lse_bh, delta_bh, q0, L);
   };
 
   load_tile_async<T, D, KEYS, THREADS>(Ks, K, b, k0, h, L);
