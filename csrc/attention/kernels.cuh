@@ -28,6 +28,7 @@
 #endif
 
 #include "attention/attention.h"
+#include "common/fast_math.cuh"
 
 namespace radd_fast::attention::cuda {
 
@@ -200,11 +201,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
 }
-__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: 2 ulp, exp2(-inf) = +0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // p[0..3] += (x, y, z, w) as one vector reduction (p 16-byte aligned, global memory).
 __device__ __forceinline__ void red_add4(float* p, float x, float y, float z, float w) {
@@ -221,13 +217,13 @@ struct MmaType {
 };
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { emu::ldmatrix_x4(r, p, false); }
 inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { emu::ldmatrix_x4(r, p, true); }
-inline float fast_exp2(float x) { return std::exp2(x); }
 inline void red_add4(float* p, float x, float y, float z, float w) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0) std::abort();  // the vector reduction's alignment
   atomicAdd(p, x), atomicAdd(p + 1, y), atomicAdd(p + 2, z), atomicAdd(p + 3, w);
 }
 #endif
 using gpu::cp_async_16;
+using gpu::fast_exp2;
 using gpu::cp_async_commit;
 using gpu::cp_async_wait;
 __device__ __forceinline__ uint32_t lds32(const void* p) { return *reinterpret_cast<const uint32_t*>(p); }

@@ -4,8 +4,9 @@
 //   * softmax_rows_kernel in the three storage combinations the engines use -- fp32 / fp64 logits
 //     with gradients written over them (tile engine), fp32 logits with bf16 gradients written over
 //     the first half of each row (tile engine, bf16: the in-place overlap), bf16 logits plus a bias
-//     with bf16 gradients in place (scalar, and the grouped engine's 16-byte-vector kernel), over rows
-//     that cross several 512-wide slices (or 512-vector sweeps),
+//     with bf16 gradients in place (scalar, and the grouped engine's 16-byte-vector kernel, with a
+//     16-byte-aligned bias and one that is not), over rows that cross several 512-wide slices (or
+//     512-vector sweeps), rows whose last vector is partial,
 //     targets at both ends and out of range, and chunk rows past the active count left untouched;
 //   * bias_grad_kernel, scatter_rows_kernel (split-K partials and single bf16 rows), gather_rows_kernel.
 // compact_kernel and accumulate_kernel run in test_grouped_engine, behind the grouped engine.
@@ -36,7 +37,7 @@ double tol_of(EmuBf16) { return 1.0 / 128; }  // one bf16 rounding (2^-8 relativ
 // (nc x D), which the kernel is given too, and the loss must use the target's exact product.
 template <typename T, typename Acc, typename Z>
 void test_softmax(int R, int valid, int nc, int ld, bool with_bias, bool write_grad, unsigned seed, bool vec = false,
-                  int D = 0) {
+                  int D = 0, bool unaligned_bias = false) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> normal(0.0, 3.0);
   std::uniform_real_distribution<double> unif(0.2, 2.0);
@@ -55,8 +56,10 @@ void test_softmax(int R, int valid, int nc, int ld, bool with_bias, bool write_g
     for (int i = 0; i < R; ++i)
       for (int c = 0; c < nc; ++c) logits[size_t(i) * ld + c] = Z(product(i, c));
   const std::vector<Z> before = logits;
-  std::vector<Acc> bias(nc), row_weight(N), loss(N, Acc(-7));
-  for (auto& b : bias) b = Acc(normal(rng) * 0.5);
+  std::vector<Acc> bias_store(nc + 1), row_weight(N), loss(N, Acc(-7));
+  for (auto& b : bias_store) b = Acc(normal(rng) * 0.5);
+  // unaligned_bias: the bias starts 4 bytes into a 16-byte line (the vector kernel's scalar loads)
+  const Acc* bias = bias_store.data() + (unaligned_bias ? 1 : 0);
   for (auto& w : row_weight) w = Acc(unif(rng));
   std::vector<int> order(N);
   for (int i = 0; i < N; ++i) order[i] = N - 1 - i;  // compacted row i is row N - 1 - i
@@ -68,7 +71,7 @@ void test_softmax(int R, int valid, int nc, int ld, bool with_bias, bool write_g
   const int count = row0 + valid;
 
   launch(EmuDim3{unsigned(R), 1, 1}, gpu::kRowThreads, 0, [&] {
-    const Acc* b = with_bias ? bias.data() : nullptr;
+    const Acc* b = with_bias ? bias : nullptr;
     if constexpr (std::is_same_v<T, Z>) {
       if (vec) {
         gpu::softmax_rows_vec_kernel<T, Acc>(logits.data(), ld, nc, order.data(), &count, row0, target.data(),
@@ -201,6 +204,7 @@ int main() {
     test_softmax<EmuBf16, float, EmuBf16>(4, 3, 4100, 4104, true, grad, 7, true);
     test_softmax<EmuBf16, float, EmuBf16>(3, 3, 517, 520, false, grad, 5, true);
     test_softmax<EmuBf16, float, EmuBf16>(2, 1, 5, 8, true, grad, 8, true);
+    test_softmax<EmuBf16, float, EmuBf16>(3, 3, 1030, 1032, true, grad, 11, true, 0, /*unaligned_bias=*/true);
     // ... given the operands, the target's logit exact: D = 24 is three 16-byte vectors, D = 4,112
     // is 514, so two of the 512 threads take two each
     test_softmax<EmuBf16, float, EmuBf16>(4, 3, 517, 520, true, grad, 9, true, 24);
