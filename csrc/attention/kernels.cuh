@@ -415,9 +415,14 @@ __device__ __forceinline__ void fwd_softmax_stats(float (&s)[NT][4], float (&m)[
       l[e / 2] += s[nt][e];
     }
 }
-// o (rows row0, row0 + 8 of an m-tile, mma.sync's C layout) *= alpha of its row.
+// o (rows row0, row0 + 8 of an m-tile, mma.sync's C layout) *= alpha of its row. Skipped when
+// alpha is exactly 1 in every lane of the warp -- no row maximum moved, as on most key tiles after
+// the first few: the same numbers for one vote instead of 4 ND multiplications (FlashAttention-4's
+// conditional rescaling without its threshold, so nothing changes numerically). Every lane of the
+// warp must call it.
 template <int ND>
 __device__ __forceinline__ void fwd_rescale_output(float (&o)[ND][4], const float (&alpha)[2]) {
+  if (__all_sync(0xffffffffu, alpha[0] == 1.f && alpha[1] == 1.f)) return;
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd) {
     o[nd][0] *= alpha[0], o[nd][1] *= alpha[0];
@@ -681,14 +686,17 @@ __device__ __forceinline__ void bwd_p_ds_tile(float (&st)[4], float (&dp)[4], in
                                               float scale, const float* lse_b, const float* delta_b, bool partial,
                                               const QueryTile& queries, const bool (&kvalid)[2],
                                               const int64_t (&kord)[2], uint32_t (&pp)[4][4], uint32_t (&dd)[4][4]) {
+  // One warp-uniform branch for the mask, around all four entries: tested per entry, the compiler
+  // kept a divergence region per entry on the unmasked path too (~6 instructions each in SASS).
 #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const int c = nt * 8 + 2 * t4 + (e & 1);
-    float p = fast_exp2(st[e] * scale_log2 - lse_b[c]);
-    if (partial && !queries.sees(c, kvalid[e / 2], kord[e / 2])) p = 0.f;
-    st[e] = p;
-    dp[e] = softmax_grad(p, dp[e], delta_b[c]) * scale;
+  for (int e = 0; e < 4; ++e) st[e] = fast_exp2(st[e] * scale_log2 - lse_b[nt * 8 + 2 * t4 + (e & 1)]);
+  if (partial) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (!queries.sees(nt * 8 + 2 * t4 + (e & 1), kvalid[e / 2], kord[e / 2])) st[e] = 0.f;
   }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) dp[e] = softmax_grad(st[e], dp[e], delta_b[nt * 8 + 2 * t4 + (e & 1)]) * scale;
   pp[nt / 2][(nt & 1) * 2] = M::pack(st[0], st[1]);
   pp[nt / 2][(nt & 1) * 2 + 1] = M::pack(st[2], st[3]);
   dd[nt / 2][(nt & 1) * 2] = M::pack(dp[0], dp[1]);

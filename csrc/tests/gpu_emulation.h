@@ -165,6 +165,18 @@ inline T __shfl_up_sync(unsigned, T v, unsigned delta) {
   return emu_shuffle(v, lane >= delta ? lane - delta : lane);
 }
 
+// Warp vote over the full warp: true in every lane iff pred holds in every lane of the warp.
+inline bool __all_sync(unsigned, int pred) {
+  auto& st = radd_fast::emu::state;
+  const unsigned lane = threadIdx.x % 32, n = std::min(32u, blockDim.x - (threadIdx.x - lane));
+  st.warp_slots[lane] = pred != 0;
+  st.warp_barrier->arrive_and_wait();
+  bool all = true;
+  for (unsigned i = 0; i < n; ++i) all = all && st.warp_slots[i] != 0;
+  st.warp_barrier->arrive_and_wait();
+  return all;
+}
+
 // bfloat16 as the GPU stores it: the high half of a float, rounded to nearest even from float.
 struct EmuBf16 {
   uint16_t bits = 0;
