@@ -77,32 +77,19 @@ struct FwdWgmmaSmem {
 // layout (zeros past L), for a block of THREADS threads. Eight consecutive threads fill one
 // 128-byte core matrix (conflict-free) from 8 rows' 16-byte pieces; a thread's row, column piece
 // and place in the tile are the same for every tile, so it keeps only those, the head's base and
-// the row stride: loaded every key tile inside the pipelined loops, the general Rows addressing
-// kept ~35 more registers live there (ptxas, sm_90a, head_dim 64).
+// the row stride (TileCopier, kernels.cuh): loaded every key tile inside the pipelined loops, the
+// general Rows addressing kept ~35 more registers live there (ptxas, sm_90a, head_dim 64).
 template <typename T, int D, int THREADS, int ROWS = kMmaTile>
-struct CoreTileLoader {
-  static constexpr int kChunks = D / 8, kIters = ROWS * kChunks / THREADS, kRowStep = THREADS / kChunks;
-  static_assert(THREADS % (8 * kChunks) == 0 && kIters * THREADS == ROWS * kChunks, "tile / thread mismatch");
-  const T* head;  // row 0 of (b, h), this thread's 8 columns
-  int64_t ld;     // elements between rows
-  int row, dst;   // this thread's first row in a tile and its element offset there
+struct CoreTileLoader : TileCopier<T, ROWS, THREADS / (D / 8), THREADS / (D / 8) * D> {
+  static constexpr int kChunks = D / 8;
+  static_assert(THREADS % (8 * kChunks) == 0, "tile / thread mismatch");
 
   __device__ __forceinline__ CoreTileLoader(const Rows<T>& src, int64_t b, int64_t h) {
     const int i = threadIdx.x, r8 = i % 8, c = (i / 8) % kChunks, rg = i / (8 * kChunks);
-    head = src.p + b * src.sb + h * src.sh + c * 8;
-    ld = src.sl;
-    row = 8 * rg + r8;
-    dst = rg * 8 * D + c * 64 + r8 * 8;
-  }
-  __device__ __forceinline__ void load(T* smem, int64_t row0, int64_t L) const {
-    const int rows = static_cast<int>(min(L - row0, static_cast<int64_t>(ROWS)));  // rows inside L
-    const int64_t step = kRowStep * ld;
-    const T* p = head + (row0 + row) * ld;
-#pragma unroll
-    for (int j = 0; j < kIters; ++j, p += step) {  // a copy past L reads nothing but names row 0
-      const bool ok = row + j * kRowStep < rows;
-      cp_async_16(smem + dst + j * kRowStep * D, ok ? p : head, ok);
-    }
+    this->head = src.p + b * src.sb + h * src.sh + c * 8;
+    this->ld = src.sl;
+    this->row = 8 * rg + r8;
+    this->dst = rg * 8 * D + c * 64 + r8 * 8;
   }
 };
 

@@ -263,38 +263,45 @@ constexpr int smem_ld() {
   return D + 8;
 }
 
-// Copies rows [row0, row0 + ROWS) of one head into a smem tile (zeros past L); THREADS: the block's.
-// Thread i copies 16-byte piece i % (D / 8) of rows i / (D / 8) + j THREADS / (D / 8): 8 threads
-// read one 128-byte line. A thread's piece, rows and smem places are the same for every tile, so
-// it keeps them (and the head's base) from one tile to the next, and each copy is a 64-bit pointer
-// step, a 32-bit bounds test and the cp.async. In SASS (sm_90a, CUDA 13.0) the forward's K and V
-// copies of one key step take 81 instructions per thread at head_dim 64, against ~280 for a loop
-// over a runtime threadIdx with (b, l, h) addressing per piece -- and the register pressure that
-// addressing added made the head_dim-128 backward spill 140 bytes.
-template <typename T, int D, int ROWS = kMmaTile, int THREADS = kMmaThreads>
-struct RowTileLoader {
-  static constexpr int kChunks = D / 8, kRowStep = THREADS / kChunks, kIters = ROWS / kRowStep;
-  static_assert(THREADS % kChunks == 0 && kIters * kRowStep == ROWS, "tile / thread mismatch");
+// One thread's share of copying rows [row0, row0 + ROWS) of one head into a tile in shared memory
+// (zeros past L), for layouts in which a thread copies the same 16-byte piece of rows row + j
+// ROW_STEP of every tile, to smem + dst + j SMEM_STEP. It keeps those and the head's base from one
+// tile to the next, so each copy is a 64-bit pointer step, a 32-bit bounds test and the cp.async.
+// In SASS (sm_90a, CUDA 13.0) the mma.sync forward's K and V copies of one key step take 81
+// instructions per thread at head_dim 64, against ~280 for a loop over a runtime threadIdx with
+// (b, l, h) addressing per piece -- and the register pressure that addressing added made the
+// head_dim-128 backward spill 140 bytes. The layouts: RowTileLoader below, CoreTileLoader in
+// fwd_wgmma.cuh.
+template <typename T, int ROWS, int ROW_STEP, int SMEM_STEP>
+struct TileCopier {
+  static_assert(ROWS % ROW_STEP == 0, "tile / thread mismatch");
   const T* head;  // row 0 of (b, h), this thread's 8 columns
   int64_t ld;     // elements between rows
   int row, dst;   // this thread's first row of a tile and its element offset in the smem tile
 
-  __device__ __forceinline__ RowTileLoader(const Rows<T>& src, int64_t b, int64_t h) {
-    const int c = threadIdx.x % kChunks;
-    head = src.p + b * src.sb + h * src.sh + c * 8;
-    ld = src.sl;
-    row = threadIdx.x / kChunks;
-    dst = row * smem_ld<D>() + c * 8;
-  }
   __device__ __forceinline__ void load(T* smem, int64_t row0, int64_t L) const {
     const int rows = static_cast<int>(min(L - row0, static_cast<int64_t>(ROWS)));  // rows inside L
-    const int64_t step = kRowStep * ld;
+    const int64_t step = ROW_STEP * ld;
     const T* p = head + (row0 + row) * ld;
 #pragma unroll
-    for (int j = 0; j < kIters; ++j, p += step) {  // a copy past L reads nothing but names row 0
-      const bool ok = row + j * kRowStep < rows;
-      cp_async_16(smem + dst + j * kRowStep * smem_ld<D>(), ok ? p : head, ok);
+    for (int j = 0; j < ROWS / ROW_STEP; ++j, p += step) {  // a copy past L reads nothing but names row 0
+      const bool ok = row + j * ROW_STEP < rows;
+      cp_async_16(smem + dst + j * SMEM_STEP, ok ? p : head, ok);
     }
+  }
+};
+
+// Row-major tiles with row stride smem_ld<D>(), for a block of THREADS threads: thread i copies
+// piece i % (D / 8) of rows i / (D / 8) + j THREADS / (D / 8) -- 8 threads read one 128-byte line.
+template <typename T, int D, int ROWS = kMmaTile, int THREADS = kMmaThreads>
+struct RowTileLoader : TileCopier<T, ROWS, THREADS / (D / 8), THREADS / (D / 8) * smem_ld<D>()> {
+  static_assert(THREADS % (D / 8) == 0, "whole rows per pass of the block");
+  __device__ __forceinline__ RowTileLoader(const Rows<T>& src, int64_t b, int64_t h) {
+    const int c = threadIdx.x % (D / 8);
+    this->head = src.p + b * src.sb + h * src.sh + c * 8;
+    this->ld = src.sl;
+    this->row = threadIdx.x / (D / 8);
+    this->dst = this->row * smem_ld<D>() + c * 8;
   }
 };
 // One-off form of the above.
