@@ -49,7 +49,8 @@ using gpu::to_acc;
 using gpu::store_as;
 using gpu::softmax_rows_kernel;
 using gpu::softmax_rows_vec_kernel;
-using gpu::bias_grad_kernel;
+using gpu::bias_partials_kernel;
+using gpu::bias_reduce_kernel;
 using gpu::scatter_rows_kernel;
 using gpu::gather_rows_kernel;
 using gpu::compact_kernel;
@@ -87,6 +88,20 @@ struct Accumulate {  // out[m][n] += value (each entry owned by one block of the
 
 // ---------------------------------------------------------------------------------------- host side
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// grad_b[:nc] += column sums of the chunk's valid dlogits rows (rows.cuh: bias_partials_kernel,
+// bias_reduce_kernel; partial: bias_partial_rows(R) x bias_partial_stride(nc) acc_t).
+template <typename T, typename acc_t>
+void launch_bias_grad(const T* d, int64_t ld_t, int64_t nc, const int* cnt, int64_t row0, int64_t R, acc_t* gb,
+                      acc_t* partial, cudaStream_t stream) {
+  constexpr int64_t N = 16 / int64_t(sizeof(T));
+  const int64_t pw = bias_partial_stride(nc);
+  const dim3 grid(unsigned(ceil_div(ceil_div(nc, N), 256)), unsigned(bias_partial_rows(R)));
+  bias_partials_kernel<T, acc_t><<<grid, 256, 0, stream>>>(d, ld_t, nc, cnt, row0, R, partial, pw);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  bias_reduce_kernel<acc_t><<<unsigned(ceil_div(nc, 256)), 256, 0, stream>>>(partial, pw, nc, cnt, row0, R, gb);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 template <typename T>
 Stored<T> stored(const void* ptr, int64_t ld, const int* rows = nullptr, int64_t rows_offset = 0) {
@@ -167,9 +182,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
   const T* W = reinterpret_cast<const T*>(weight.const_data_ptr());
   const at::Tensor b_acc = has_bias ? bias_opt->narrow(0, 0, nc).to(acc).contiguous() : at::Tensor();
   const bool same = weight.scalar_type() == acc;
-  at::Tensor gw_acc, gb_acc, part;
+  at::Tensor gw_acc, gb_acc, part, gb_part;
   if (want.weight) gw_acc = same ? grad_weight.narrow(0, 0, nc) : at::zeros({nc, D}, fopt);
   if (want.bias) gb_acc = same ? grad_bias.narrow(0, 0, nc) : at::zeros({nc}, fopt);
+  if (want.bias) gb_part = at::empty({bias_partial_rows(R), bias_partial_stride(nc)}, fopt);
 
   // grad_h has only ceil(R / BM) x ceil(D / BN) output tiles (60 for R = 1,280, D = 768) and a deep
   // K = nc: split K into as many parts as fit one wave at two blocks per SM (the shared memory of an
@@ -211,9 +227,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
       launch_gemm<T, false, false>(gw, Accumulate<acc_t>{gw_acc.data_ptr<acc_t>(), D}, nc, 1, stream);
     }
     if (want.bias) {
-      bias_grad_kernel<T, acc_t><<<unsigned(ceil_div(nc, 256)), 256, 0, stream>>>(d_ptr, ld_t, nc, cnt, row0, R,
-                                                                                  gb_acc.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_bias_grad<T, acc_t>(d_ptr, ld_t, nc, cnt, row0, R, gb_acc.data_ptr<acc_t>(), gb_part.data_ptr<acc_t>(),
+                                 stream);
     }
   }
   if (want.weight && !same) grad_weight.narrow(0, 0, nc).copy_(gw_acc);
@@ -311,10 +326,9 @@ void launch_accumulate(float* acc, const at::BFloat16* x, int64_t n, const int* 
 }
 
 void launch_bias_grad(const at::BFloat16* dlogits, int64_t ld, int64_t nc, const int* count, int64_t row0, int64_t R,
-                      float* grad_bias) {
-  bias_grad_kernel<bf16, float><<<unsigned(ceil_div(nc, 256)), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const bf16*>(dlogits), ld, nc, count, row0, R, grad_bias);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+                      float* grad_bias, float* partial) {
+  ::radd_fast::dce::launch_bias_grad<bf16, float>(reinterpret_cast<const bf16*>(dlogits), ld, nc, count, row0, R,
+                                                  grad_bias, partial, c10::cuda::getCurrentCUDAStream());
 }
 
 }  // namespace grouped

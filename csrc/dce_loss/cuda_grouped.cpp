@@ -15,7 +15,7 @@
 //      slices on side streams, summed), scattered to grad_hidden[order[.]]
 //   5. grad_W[:nc] (fp32 accumulator) += dlogits^T @ hc (grouped GEMM, bf16 result per chunk; the
 //      accumulation reads the count too, so chunks past it cost no pass over the accumulator)
-//   6. grad_b[:nc] += column sums of dlogits
+//   6. grad_b[:nc] += column sums of dlogits (two passes: 128-row partial sums, then their sum)
 // Logits are bf16 here (fp32 in the tile engine), as in torch's own bf16 Linear + cross-entropy.
 // Working memory: the R x nc bf16 logits (R from kGroupedWorkspaceBytes), hc and grad_h rows (R x D),
 // an fp32 weight-gradient accumulator and one bf16 weight-gradient product (nc x D each).
@@ -76,6 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backw
   const at::Tensor b_acc = has_bias ? bias->narrow(0, 0, nc).to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor gw_acc = want_w ? at::zeros({nc, D}, fopt) : at::Tensor();
   at::Tensor gb_acc = want_b ? at::zeros({nc}, fopt) : at::Tensor();
+  at::Tensor gb_part = want_b ? at::empty({bias_partial_rows(R), bias_partial_stride(nc)}, fopt) : at::Tensor();
   at::Tensor valid = at::empty({chunks}, iopt);
   at::Tensor hc = at::empty({R, D}, hidden.options());
   const auto* H = hidden.const_data_ptr<BFloat16>();
@@ -114,7 +115,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backw
       grouped::launch_accumulate(gw_acc.data_ptr<float>(), gw.const_data_ptr<BFloat16>(), nc * D, v.const_data_ptr<int>());
     }
     if (want_b)
-      grouped::launch_bias_grad(logits.const_data_ptr<BFloat16>(), ld, nc, cnt, row0, R, gb_acc.data_ptr<float>());
+      grouped::launch_bias_grad(logits.const_data_ptr<BFloat16>(), ld, nc, cnt, row0, R, gb_acc.data_ptr<float>(),
+                                gb_part.data_ptr<float>());
   }
   if (want_w) grad_weight.narrow(0, 0, nc).copy_(gw_acc);
   if (want_b) grad_bias.narrow(0, 0, nc).copy_(gb_acc);

@@ -110,6 +110,17 @@ constexpr int64_t kCudaWorkspaceBytes = int64_t(256) << 20;
 // rows) 512 MiB makes that 1 active chunk + 1 empty one instead of 2 + 2 (expected, not measured).
 constexpr int64_t kGroupedWorkspaceBytes = int64_t(512) << 20;
 
+// CUDA bias gradient (both engines): rows per partial column sum. A chunk's column sums go in two
+// passes -- 16-byte vectors of 128 rows per thread into a (ceil(R / 128), classes) fp32 buffer, then
+// a fixed-order sum of those -- so the logits stream at memory speed and the result is deterministic.
+// One thread per class over all of a chunk's rows (the first kernel) left an H200 about 12 warps per
+// SM, each with a few 64-byte loads in flight: ~0.5 TB/s by Little's law, ~0.9 ms per full grouped
+// chunk of 5,248 rows (an estimate; the kernel was never profiled), against ~0.15 ms at 3.5 TB/s.
+constexpr int64_t kBiasRowGroup = 128;
+inline int64_t bias_partial_rows(int64_t R) { return (R + kBiasRowGroup - 1) / kBiasRowGroup; }
+// The partial buffer's row stride: classes rounded up to 8 (every vector width of the kernels).
+inline int64_t bias_partial_stride(int64_t nc) { return (nc + 7) / 8 * 8; }
+
 // RADD_FAST_DCE_CHUNK_ROWS=n (n >= 1) overrides the rows per chunk of both kernels: a knob for
 // memory/speed trade-offs, and how the tests make every chunk edge (and empty trailing chunks) occur
 // on small inputs. Read on every call (a getenv, nothing next to the matmuls).
@@ -227,9 +238,10 @@ void launch_scatter_rows(const at::BFloat16* rows, int64_t R, int64_t D, const i
 std::vector<at::Tensor> on_side_streams(int n, const std::function<at::Tensor(int)>& make);
 // acc[0:n) += x[0:n) unless *valid is 0; n a multiple of 8, both 16-byte aligned.
 void launch_accumulate(float* acc, const at::BFloat16* x, int64_t n, const int* valid);
-// grad_bias[c] += sum over the chunk's active rows of dlogits[i, c], c < nc.
+// grad_bias[c] += sum over the chunk's active rows of dlogits[i, c], c < nc; partial: scratch of
+// bias_partial_rows(R) x bias_partial_stride(nc) floats (kBiasRowGroup above).
 void launch_bias_grad(const at::BFloat16* dlogits, int64_t ld, int64_t nc, const int* count, int64_t row0, int64_t R,
-                      float* grad_bias);
+                      float* grad_bias, float* partial);
 }  // namespace grouped
 
 }  // namespace radd_fast::dce

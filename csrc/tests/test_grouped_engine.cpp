@@ -61,9 +61,13 @@ void launch_accumulate(float* acc, const at::BFloat16* x, int64_t n, const int* 
   launch(EmuDim3{3, 1, 1}, 64, 0, [&] { gpu::accumulate_kernel<EmuBf16>(acc, emu(x), n / 8, valid); });
 }
 void launch_bias_grad(const at::BFloat16* dlogits, int64_t ld, int64_t nc, const int* count, int64_t row0, int64_t R,
-                      float* grad_bias) {
-  launch(EmuDim3{unsigned((nc + 255) / 256), 1, 1}, 256, 0, [&] {
-    gpu::bias_grad_kernel<EmuBf16, float>(emu(dlogits), ld, nc, count, row0, R, grad_bias);
+                      float* grad_bias, float* partial) {
+  const int64_t pw = bias_partial_stride(nc);
+  launch(EmuDim3{unsigned((nc + 8 * 64 - 1) / (8 * 64)), unsigned(bias_partial_rows(R)), 1}, 64, 0, [&] {
+    gpu::bias_partials_kernel<EmuBf16, float>(emu(dlogits), ld, nc, count, row0, R, partial, pw);
+  });
+  launch(EmuDim3{unsigned((nc + 63) / 64), 1, 1}, 64, 0, [&] {
+    gpu::bias_reduce_kernel<float>(partial, pw, nc, count, row0, R, grad_bias);
   });
 }
 }  // namespace radd_fast::dce::grouped
@@ -148,6 +152,7 @@ int main() {
   test_engine(45, 16, 70, 69, true, 7, {true, false, false}, 4);
   test_engine(45, 16, 70, 69, true, 16, {false, false, false}, 5);  // loss only
   test_engine(1, 8, 5, 4, true, 3, {true, true, true}, 6);           // N = 1
+  test_engine(700, 8, 30, 29, true, 400, {false, false, true}, 10);  // bias: 128-row partial sums, 2 chunks
   // The hidden-gradient product split over class slices (RADD_FAST_DCE_GRAD_H_SPLIT): 61 classes
   // in slices of 24, 24, 13; 16 asked for gives slices of 8 (the least), the last of 5.
   test_engine(45, 16, 70, 61, true, 8, {true, true, true}, 7, 3);

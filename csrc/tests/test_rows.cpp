@@ -8,7 +8,7 @@
 //     16-byte-aligned bias and one that is not), over rows that cross several 512-wide slices (or
 //     512-vector sweeps), rows whose last vector is partial,
 //     targets at both ends and out of range, and chunk rows past the active count left untouched;
-//   * bias_grad_kernel, scatter_rows_kernel (split-K partials and single bf16 rows), gather_rows_kernel.
+//   * bias_partials_kernel + bias_reduce_kernel, scatter_rows_kernel (split-K partials and single bf16 rows), gather_rows_kernel.
 // compact_kernel and accumulate_kernel run in test_grouped_engine, behind the grouped engine.
 #include "tests/gpu_emulation.h"  // first: it defines what rows.cuh needs of CUDA
 
@@ -130,16 +130,29 @@ void test_softmax(int R, int valid, int nc, int ld, bool with_bias, bool write_g
   }
 }
 
-void test_bias_grad() {
-  const int R = 6, valid = 4, nc = 300, ld = 304, count = 10, row0 = count - valid;
-  std::vector<EmuBf16> d(size_t(R) * ld);
-  for (size_t i = 0; i < d.size(); ++i) d[i] = EmuBf16(std::sin(double(i)));
-  std::vector<float> gb(nc, 0.5f);
-  launch(EmuDim3{2, 1, 1}, 256, 0, [&] { gpu::bias_grad_kernel<EmuBf16, float>(d.data(), ld, nc, &count, row0, R, gb.data()); });
+// The two-pass bias gradient: R chunk rows of stride ld (in T), the first `valid` of them active;
+// several 128-row groups with a partial last one, a partial last vector of classes, and (valid 0) a
+// chunk past the active count that must leave grad_b untouched.
+template <typename T, typename Acc>
+void test_bias_grad(int R, int valid, int nc, int ld) {
+  constexpr int N = 16 / int(sizeof(T));
+  const int count = 10 + valid, row0 = 10;
+  std::vector<T> d(size_t(R) * ld);
+  for (size_t i = 0; i < d.size(); ++i) d[i] = T(std::sin(double(i) * 0.7) * 3);
+  std::vector<Acc> gb(nc, Acc(0.5));
+  const int64_t pw = radd_fast::dce::bias_partial_stride(nc), groups = radd_fast::dce::bias_partial_rows(R);
+  std::vector<Acc> partial(size_t(groups) * pw, Acc(NAN));  // unwritten partials would poison the sums
+  launch(EmuDim3{unsigned((nc + 64 * N - 1) / (64 * N)), unsigned(groups), 1}, 64, 0, [&] {
+    gpu::bias_partials_kernel<T, Acc>(d.data(), ld, nc, &count, row0, R, partial.data(), pw);
+  });
+  launch(EmuDim3{unsigned((nc + 63) / 64), 1, 1}, 64, 0,
+         [&] { gpu::bias_reduce_kernel<Acc>(partial.data(), pw, nc, &count, row0, R, gb.data()); });
   for (int c = 0; c < nc; ++c) {
-    double want = 0.5;
-    for (int i = 0; i < valid; ++i) want += double(d[size_t(i) * ld + c]);
-    EXPECT(std::abs(gb[c] - want) < 1e-5, "bias grad %d: %g vs %g", c, gb[c], want);
+    double want = 0.5, scale = 1;
+    for (int i = 0; i < valid; ++i) want += double(d[size_t(i) * ld + c]), scale += std::abs(double(d[size_t(i) * ld + c]));
+    const double tol = sizeof(Acc) == 4 ? 1e-5 : 1e-13;  // fp32 sums of up to 300 terms
+    EXPECT(std::abs(double(gb[c]) - want) <= tol * scale, "bias grad (R %d, valid %d) class %d: %.9g vs %.9g",
+           R, valid, c, double(gb[c]), want);
   }
 }
 
@@ -211,7 +224,11 @@ int main() {
     test_softmax<EmuBf16, float, EmuBf16>(2, 2, 5, 8, false, grad, 10, true, 4112);
   }
   test_softmax<float, float, float>(2, 0, 40, 48, true, true, 6);          // empty chunk
-  test_bias_grad();
+  test_bias_grad<EmuBf16, float>(6, 4, 300, 304);      // one group
+  test_bias_grad<EmuBf16, float>(300, 270, 523, 528);  // three groups, the last of 14 rows
+  test_bias_grad<EmuBf16, float>(300, 0, 523, 528);    // a chunk past the active count
+  test_bias_grad<float, float>(260, 259, 37, 40);      // the tile engine's fp32 and fp64 logits
+  test_bias_grad<double, double>(131, 130, 35, 48);
   test_scatter_and_gather();
   if (radd_fast::test::failures() == 0) std::printf("test_rows: all passed\n");
   return radd_fast::test::failures();
