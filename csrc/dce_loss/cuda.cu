@@ -96,7 +96,7 @@ void launch_bias_grad(const T* d, int64_t ld_t, int64_t nc, const int* cnt, int6
                       acc_t* partial, cudaStream_t stream) {
   constexpr int64_t N = 16 / int64_t(sizeof(T));
   const int64_t pw = bias_partial_stride(nc);
-  const dim3 grid(unsigned(ceil_div(ceil_div(nc, N), 256)), unsigned(bias_partial_rows(R)));
+  const dim3 grid(unsigned(ceil_div(ceil_div(nc, N), 256)), unsigned(std::min<int64_t>(bias_partial_rows(R), 65535)));
   bias_partials_kernel<T, acc_t><<<grid, 256, 0, stream>>>(d, ld_t, nc, cnt, row0, R, partial, pw);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   bias_reduce_kernel<acc_t><<<unsigned(ceil_div(nc, 256)), 256, 0, stream>>>(partial, pw, nc, cnt, row0, R, gb);

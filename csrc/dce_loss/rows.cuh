@@ -309,36 +309,38 @@ __global__ void __launch_bounds__(kRowThreads) softmax_rows_vec_kernel(T* logits
 }
 
 // grad_b[c] += sum over the chunk's valid rows of dlogits[i][c], in two passes (kBiasRowGroup in
-// dce_loss.h says why). Pass 1: grid (vector columns / blockDim, bias_partial_rows(R)); a thread sums
-// one 16-byte vector of classes over one group of 128 rows into partial[group][8 j .. 8 j + N)
-// (partial's row stride pw = bias_partial_stride(nc)); groups past the valid rows exit. Rows of d are
-// 16-byte aligned (ld_t a multiple of N). Four rows' loads go out before their additions.
+// dce_loss.h says why). Pass 1: grid (vector columns / blockDim, up to bias_partial_rows(R)); a thread
+// sums one 16-byte vector of classes over a group of 128 rows into partial[group][N j .. N j + N)
+// (partial's row stride pw = bias_partial_stride(nc)), for groups blockIdx.y, + gridDim.y, ... below
+// the valid rows (a grid's y extent stops at 65,535). Rows of d are 16-byte aligned (ld_t a multiple
+// of N). Four rows' loads go out before their additions.
 template <typename T, typename acc_t>
 __global__ void bias_partials_kernel(const T* __restrict__ d, int64_t ld_t, int64_t nc, const int* __restrict__ count,
                                      int64_t row0, int64_t R, acc_t* __restrict__ partial, int64_t pw) {
   using V = Vec16<T>;
   constexpr int N = V::N;
   const int64_t valid = max(int64_t(0), min(R, int64_t(*count) - row0));
-  const int64_t i0 = int64_t(blockIdx.y) * kBiasRowGroup;
-  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i0 >= valid || j * N >= nc) return;
-  const int64_t rows = min(valid - i0, kBiasRowGroup), step = ld_t / N;
-  const V* p = reinterpret_cast<const V*>(d + i0 * ld_t) + j;
-  acc_t s[N] = {};
-  int64_t i = 0;
-  for (; i + 4 <= rows; i += 4, p += 4 * step) {
-    const V a = p[0], b = p[step], c = p[2 * step], e = p[3 * step];
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, step = ld_t / N;
+  if (j * N >= nc) return;
+  for (int64_t g = blockIdx.y; g * kBiasRowGroup < valid; g += gridDim.y) {
+    const int64_t i0 = g * kBiasRowGroup, rows = min(valid - i0, kBiasRowGroup);
+    const V* p = reinterpret_cast<const V*>(d + i0 * ld_t) + j;
+    acc_t s[N] = {};
+    int64_t i = 0;
+    for (; i + 4 <= rows; i += 4, p += 4 * step) {
+      const V a = p[0], b = p[step], c = p[2 * step], e = p[3 * step];
 #pragma unroll
-    for (int k = 0; k < N; ++k) s[k] += ((to_acc(a.e[k]) + to_acc(b.e[k])) + (to_acc(c.e[k]) + to_acc(e.e[k])));
+      for (int k = 0; k < N; ++k) s[k] += ((to_acc(a.e[k]) + to_acc(b.e[k])) + (to_acc(c.e[k]) + to_acc(e.e[k])));
+    }
+    for (; i < rows; ++i, p += step) {
+      const V a = p[0];
+#pragma unroll
+      for (int k = 0; k < N; ++k) s[k] += to_acc(a.e[k]);
+    }
+    acc_t* out = partial + g * pw + j * N;
+#pragma unroll
+    for (int k = 0; k < N; ++k) out[k] = s[k];
   }
-  for (; i < rows; ++i, p += step) {
-    const V a = p[0];
-#pragma unroll
-    for (int k = 0; k < N; ++k) s[k] += to_acc(a.e[k]);
-  }
-  acc_t* out = partial + int64_t(blockIdx.y) * pw + j * N;
-#pragma unroll
-  for (int k = 0; k < N; ++k) out[k] = s[k];
 }
 
 // Pass 2: gb[c] += the partial sums of the chunk's row groups, in group order; nothing when the chunk

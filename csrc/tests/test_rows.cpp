@@ -142,7 +142,9 @@ void test_bias_grad(int R, int valid, int nc, int ld) {
   std::vector<Acc> gb(nc, Acc(0.5));
   const int64_t pw = radd_fast::dce::bias_partial_stride(nc), groups = radd_fast::dce::bias_partial_rows(R);
   std::vector<Acc> partial(size_t(groups) * pw, Acc(NAN));  // unwritten partials would poison the sums
-  launch(EmuDim3{unsigned((nc + 64 * N - 1) / (64 * N)), unsigned(groups), 1}, 64, 0, [&] {
+  // y_blocks < groups: the kernel's loop over row groups (a grid's y extent stops at 65,535)
+  const unsigned y_blocks = unsigned(std::max<int64_t>(1, groups - 1));
+  launch(EmuDim3{unsigned((nc + 64 * N - 1) / (64 * N)), y_blocks, 1}, 64, 0, [&] {
     gpu::bias_partials_kernel<T, Acc>(d.data(), ld, nc, &count, row0, R, partial.data(), pw);
   });
   launch(EmuDim3{unsigned((nc + 63) / 64), 1, 1}, 64, 0,
