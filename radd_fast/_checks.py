@@ -125,6 +125,11 @@ def check_masked_attention(q, k, v, key_padding_mask=None, order=None, scale=1.0
         check_dtype(order, (torch.int32, torch.int64), op, "order")
     if not math.isfinite(scale):
         raise ValueError(f"radd_fast.{op}: 'scale' must be finite, got {scale}")
+    # Below float64 the kernels hold scale * log2(e) in float32; past its range every score is NaN.
+    if q.dtype != torch.float64 and not abs(scale * math.log2(math.e)) <= torch.finfo(torch.float32).max:
+        raise ValueError(
+            f"radd_fast.{op}: 'scale' must be finite in float32 (times log2(e)) for {_dtype_name(q.dtype)} inputs, got {scale}"
+        )
 
 
 def check_masked_attention_cuda_head_dim(q: torch.Tensor, op: str = "masked_attention") -> None:
@@ -158,10 +163,6 @@ def check_masked_attention_bwd(grad_out, q, k, v, out, lse, grad_lse, key_paddin
 
 # ------------------------------------------------------------------------------------ linear_dce_loss
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _dtype_name(d: torch.dtype) -> str:
-    return str(d).replace("torch.", "")
 
 
 def check_same_dtype(a: torch.Tensor, b: torch.Tensor, op: str, name_a: str, name_b: str) -> None:

@@ -392,6 +392,7 @@ def _bad_cases():
     yield "order_shape", (q, k, v), {"order": torch.zeros(4, dtype=torch.long)}, ValueError, "'order' must have shape"
     yield "order_dtype", (q, k, v), {"order": torch.zeros(2, 4)}, TypeError, "'order' must have dtype int32, int64"
     yield "scale", (q, k, v), {"scale": float("nan")}, ValueError, "'scale' must be finite"
+    yield "scale_past_float", (q, k, v), {"scale": 3e38}, ValueError, "'scale' must be finite in float32"
     yield "not_tensor", (q, [1.0], v), {}, TypeError, "'k' must be a torch.Tensor"
 
 
@@ -448,13 +449,13 @@ def test_cuda_bf16_forward_query_tiles(device, monkeypatch, D, pattern, tile):
     assert_no_key_rows_are_zero(out, padm, order, False)
 
 
-def check_bf16_forward(q, k, v, padm, order):
-    """The bf16 forward under the current settings against float64: output within the bf16
-    tolerance, lse finite exactly where a query sees a key and equal there, zeros where it sees none."""
+def check_tc_forward(q, k, v, padm, order):
+    """The bf16 / fp16 forward under the current settings against float64: output within the
+    dtype's tolerance, lse finite exactly where a query sees a key and equal there, zeros where it sees none."""
     D = q.shape[-1]
     out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
     truth, truth_lse = R.masked_attention(q.double(), k.double(), v.double(), padm, order, return_lse=True)
-    assert ((out.double() - truth).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
+    assert ((out.double() - truth).norm() / truth.norm()).item() < TOLERANCE[q.dtype]
     seen = torch.isfinite(truth_lse)
     assert torch.equal(torch.isfinite(lse), seen)
     torch.testing.assert_close(lse.double()[seen], truth_lse[seen], rtol=1e-5, atol=1e-5)
@@ -475,7 +476,7 @@ def test_cuda_bf16_key_tiles(device, monkeypatch, D, pattern):
     order = make_order(pattern, B, L, device)
     padm = make_pad(B, L, device, "empty_row")
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
-    check_bf16_forward(q, k, v, padm, order)
+    check_tc_forward(q, k, v, padm, order)
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "64")
     out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
     grad = torch.randn_like(out)
@@ -566,9 +567,10 @@ def test_cuda_wgmma_kernels(device, monkeypatch, dtype, D, pattern, L):
 
 @pytest.mark.wgmma
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("D", [32, 64, 128])
 @pytest.mark.parametrize("pattern,L", [("none", 200), ("any_order", 200), ("causal", 1000), ("block", 1000)])
-def test_cuda_wgmma_forward_key_tiles(device, monkeypatch, D, pattern, L):
+def test_cuda_wgmma_forward_key_tiles(device, monkeypatch, dtype, D, pattern, L):
     # RADD_FAST_ATTENTION_KEY_TILE=128 with the wgmma forward: 128-key steps on 128-query blocks,
     # against float64 and the 64-key wgmma forward. L = 200: a last step that ends past L, a block
     # with a warpgroup past L; padding leaves a sequence without keys.
@@ -576,15 +578,15 @@ def test_cuda_wgmma_forward_key_tiles(device, monkeypatch, D, pattern, L):
         pytest.skip("the wgmma kernels need an sm_90 GPU and a 9.0a build (test_cuda_wgmma_kernels checks the error)")
     monkeypatch.setenv("RADD_FAST_ATTENTION_FORWARD", "wgmma")
     B, H = 2, 3
-    q, k, v = qkv(B, L, H, D, torch.bfloat16, device)
+    q, k, v = qkv(B, L, H, D, dtype, device)
     order = make_order(pattern, B, L, device)
     padm = make_pad(B, L, device, "empty_row")
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
-    out, lse, truth = check_bf16_forward(q, k, v, padm, order)
+    out, lse, truth = check_tc_forward(q, k, v, padm, order)
     assert not torch.isfinite(lse).all()  # the padding left a sequence without keys
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "64")
     out64, _ = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
-    assert ((out.double() - out64.double()).norm() / truth.norm()).item() < TOLERANCE[torch.bfloat16]
+    assert ((out.double() - out64.double()).norm() / truth.norm()).item() < TOLERANCE[dtype]
     # The wgmma backward keeps its own blocks: a key tile for it is an error that says so.
     monkeypatch.setenv("RADD_FAST_ATTENTION_BACKWARD", "wgmma")
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")

@@ -185,6 +185,11 @@ inline void check_fwd_args(const at::Tensor& q, const at::Tensor& k, const at::T
   check_qkv_layout(v, op, "v");
   check_mask_args(q, key_padding_mask, order, op);
   TORCH_CHECK_VALUE(std::isfinite(scale), msg("radd_fast.", op, ": 'scale' must be finite, got ", scale));
+  // Below float64 the kernels work with scale * log2(e) in float: a double scale past ~2.4e38
+  // would become inf there and turn every score into NaN.
+  TORCH_CHECK_VALUE(q.scalar_type() == at::kDouble || std::isfinite(static_cast<float>(scale * 1.4426950408889634)),
+                    msg("radd_fast.", op, ": 'scale' must be finite in float32 (times log2(e)) for ",
+                        dtype_name(q.scalar_type()), " inputs, got ", scale));
 }
 
 // The accumulation (and lse) dtype for inputs of dtype t.
@@ -232,7 +237,7 @@ enum class TcKernel {
   kMma128,      // forward: 128-query blocks, 64-key steps; backward: 128-key blocks
   kMma64K128,   // forward only: 64-query blocks, 128-key steps
   kWgmma,       // sm_90a: forward 64-key steps, backward 64-key blocks
-  kWgmmaK128    // sm_90a forward only: 128-key steps (192-query blocks; 128 at head_dim 128)
+  kWgmmaK128    // sm_90a forward only: 128-key steps, 128-query blocks
 };
 // Dynamic shared memory per block of the kernel for this dtype and head_dim (32, 64 or 128).
 size_t smem_bytes(at::ScalarType dtype, int64_t head_dim, bool backward, TcKernel kernel);

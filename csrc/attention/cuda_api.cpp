@@ -31,14 +31,25 @@ int smem_limit(const at::Tensor& q) {
   return limit;
 }
 
-// fp64 at head_dim 128 needs up to 146 KiB per block: more than sm_86/sm_89 allow (99 KiB).
+bool low_precision(const at::Tensor& q) {
+  return q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
+}
+
+// fp64 at head_dim 128 needs up to 146 KiB per block, and the opt-in 128-key tiles of the bf16 /
+// fp16 mma kernels at head_dim 128 121 KiB (backward) and 153 KiB (forward): more than sm_86 /
+// sm_89 allow (99 KiB).
+// The hint names what the caller can change: the dtype, or the key tile it asked for.
 void check_smem(const at::Tensor& q, bool backward, TcKernel kernel, const char* op) {
   const int limit = smem_limit(q);
   const size_t bytes = smem_bytes(q.scalar_type(), q.size(3), backward, kernel);
+  const bool key128 = low_precision(q) && (kernel == TcKernel::kMma64K128 || kernel == TcKernel::kWgmmaK128 ||
+                                           (backward && kernel == TcKernel::kMma128));
   TORCH_CHECK_VALUE(
       bytes <= static_cast<size_t>(limit),
       msg("radd_fast.", op, ": ", dtype_name(q.scalar_type()), " at head_dim ", q.size(3), " needs ", bytes,
-          " bytes of shared memory per block; this GPU allows ", limit, " (use float32 or bfloat16)"));
+          " bytes of shared memory per block; this GPU allows ", limit,
+          key128 ? " (128-key tiles: unset RADD_FAST_ATTENTION_KEY_TILE or set it to 64)"
+                 : " (use float32 or bfloat16)"));
 }
 
 // The tensor-core kernels of the bf16 / fp16 passes, from settings read on every call (a getenv each):
@@ -65,10 +76,6 @@ bool use_wgmma(const at::Tensor& q, const char* var, const char* op) {
                         "=wgmma needs a compute capability 9.0 GPU (H100 / H200) and a build with sm_90a code "
                         "(TORCH_CUDA_ARCH_LIST=9.0a); this device or build has none"));
   return true;
-}
-
-bool low_precision(const at::Tensor& q) {
-  return q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
 }
 
 // RADD_FAST_ATTENTION_KEY_TILE, checked: "auto", "64" or "128". The wgmma backward sizes its own

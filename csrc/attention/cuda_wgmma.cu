@@ -80,6 +80,14 @@ bool wgmma_available(int device) {
   bool yes = false;
   if (major == 9 && minor == 0) {  // sm_90a code runs on compute capability 9.0 only
     const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    // The probe reads its flag back (a synchronising copy), which a stream under CUDA graph capture
+    // does not allow: say so instead of invalidating the capture. torch.compile's CUDA graphs run
+    // each graph eagerly once before capturing it, which probes here first.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(device), &capture));
+    TORCH_CHECK(capture == cudaStreamCaptureStatusNone,
+                "radd_fast.masked_attention: the wgmma kernels are probed on their first use on a device, which "
+                "cannot happen under CUDA graph capture; run one call on device ", device, " before capturing");
     at::Tensor flag = at::zeros({1}, at::TensorOptions().device(at::kCUDA, device).dtype(at::kInt));
     wgmma_probe_kernel<<<1, 1, 0, c10::cuda::getCurrentCUDAStream(device)>>>(flag.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
