@@ -28,6 +28,14 @@ fi
 grep -F "[radd_fast build]" "$log"
 # No register spills in the tensor-core attention kernels or the loss's GEMM tiles, on any arch.
 python3 "$src/bench/kernel_resources.py" "$log" --check
+# sm_90a: the wgmma forward's softmax sits between its two waits in SASS, overlapping P V
+# (fwd_wgmma.cuh). cuobjdump and the nvdisasm it calls come as wheels; the CUDA toolkit here has neither.
+if [[ "$TORCH_CUDA_ARCH_LIST" == *9.0a* ]]; then
+  "$venv/bin/pip" install -q "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14"
+  so=$(ls "$venv"/lib/python3*/site-packages/radd_fast/_C*.so)
+  cuobjdump=$(ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/cuobjdump)
+  python3 "$src/bench/kernel_resources.py" --sass "$so" --check-overlap --cuobjdump "$cuobjdump"
+fi
 cd /
 "$venv/bin/python" - <<'PY'
 import json, os, radd_fast, torch

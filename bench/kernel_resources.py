@@ -9,8 +9,12 @@ cores.
     python bench/kernel_resources.py build/cuda_build.log [--check]
     python bench/kernel_resources.py --sass radd_fast/_C*.so [--match fwd_mma] [--cuobjdump PATH]
 
+    python bench/kernel_resources.py --sass radd_fast/_C*.so --check-overlap
+
 --check prints only the spilling kernels and exits 1 when a guarded one (mma.sync / wgmma
-attention in bf16 / fp16, the loss's GEMM tiles) spills. --sass needs cuobjdump (CUDA toolkit, or `pip install nvidia-cuda-cuobjdump`); its "loop"
+attention in bf16 / fp16, the loss's GEMM tiles) spills. --check-overlap exits 1 when an sm_90a
+wgmma forward waits for its P V product before the softmax of the next key step (ptxas moved that
+wait once: fwd_wgmma.cuh). --sass needs cuobjdump (CUDA toolkit, or `pip install nvidia-cuda-cuobjdump`); its "loop"
 columns describe the kernel's longest backward branch, normally the main loop over tiles.
 """
 
@@ -127,12 +131,13 @@ def opcode(text: str) -> str:
     return re.sub(r"^@!?U?P\w+\s+", "", text.strip()).split()[0]
 
 
-def parse_sass(text: str) -> dict[str, list[tuple[int, str]]]:
-    """Instructions (address, text) of each function of `cuobjdump -sass` output."""
+def parse_sass(text: str, mangled: str = "") -> dict[str, list[tuple[int, str]]]:
+    """Instructions (address, text) of each function of `cuobjdump -sass` output (only those whose
+    mangled name contains `mangled`: the whole extension's SASS is ~140 MB)."""
     functions: dict[str, list[tuple[int, str]]] = {}
-    parts = re.split(r"\n\s*Function : ", text)
-    names = demangle([p.split("\n", 1)[0].strip() for p in parts[1:]])
-    for name, part in zip(names, parts[1:]):
+    parts = [p for p in re.split(r"\n\s*Function : ", text)[1:] if mangled in p.split("\n", 1)[0]]
+    names = demangle([p.split("\n", 1)[0].strip() for p in parts])
+    for name, part in zip(names, parts):
         functions[short(name)] = [(int(m["addr"], 16), m["text"].strip()) for m in INSTRUCTION.finditer(part)]
     return functions
 
@@ -149,12 +154,60 @@ def sass_summary(instructions: list[tuple[int, str]]) -> dict[str, int]:
             "loop_reductions": sum(n for op, n in body.items() if op.startswith(("RED", "ATOM")))}
 
 
-def report_sass(binary: Path, match: str, cuobjdump: str) -> int:
+WGMMA_FWD = re.compile(r"^fwd_wgmma_kernel<\w+, (?P<d>\d+), (?P<nk>\d+)>$")
+
+
+def arch_sections(text: str) -> dict[str, str]:
+    """`cuobjdump -sass` output split by the architecture of each embedded cubin (sm_80, sm_90a, ...)."""
+    sections: dict[str, str] = {}
+    parts = re.split(r"^arch = (sm_\w+)$", text, flags=re.M)
+    for arch, body in zip(parts[1::2], parts[2::2]):
+        sections[arch] = sections.get(arch, "") + body
+    return sections
+
+
+def softmax_overlap(instructions: list[tuple[int, str]]) -> int:
+    """Exponentials (MUFU.EX2) between a `wgmma.wait_group 1` and the next `wait_group 0`, the most
+    over the function's waits: the wgmma forward's softmax of one key step running while the tensor
+    cores still work on P V of the previous one."""
+    best, count = 0, None
+    for _, text in instructions:
+        op = opcode(text)
+        if op.startswith("WARPGROUP.DEPBAR"):
+            if text.rstrip().endswith("0x1"):
+                count = 0
+            else:
+                best, count = max(best, count or 0), None
+        elif count is not None and op.startswith("MUFU.EX2"):
+            count += 1
+    return best
+
+
+def check_overlap(functions: dict[str, list[tuple[int, str]]]) -> int:
+    """The wgmma forward kernels of an sm_90a build: each thread's exponentials of a key step (16
+    rows x 64 keys per warp: 32 per thread, 64 with 128-key steps) all sit between the two waits."""
+    kernels = {n: ins for n, ins in functions.items() if WGMMA_FWD.match(n)}
+    if not kernels:
+        print("no sm_90a wgmma forward kernels found", file=sys.stderr)
+        return 1
+    bad = 0
+    for name in sorted(kernels):
+        need, got = 32 * int(WGMMA_FWD.match(name)["nk"]), softmax_overlap(kernels[name])
+        bad += got < need
+        print(f"{'ok  ' if got >= need else 'FAIL'} {name}: {got} exponentials while P V runs (needs {need})")
+    if bad:
+        print(f"FAIL: {bad} wgmma forward kernels wait for P V before their softmax", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def report_sass(binary: Path, match: str, cuobjdump: str, overlap: bool = False) -> int:
     tool = shutil.which(cuobjdump) or (cuobjdump if Path(cuobjdump).is_file() else None)
     if tool is None:
         print(f"cuobjdump not found ({cuobjdump}); pip install nvidia-cuda-cuobjdump", file=sys.stderr)
         return 1
     sass = subprocess.run([tool, "-sass", str(binary)], capture_output=True, text=True, check=True).stdout
+    if overlap:
+        return check_overlap(parse_sass(arch_sections(sass).get("sm_90a", ""), "fwd_wgmma_kernel"))
     functions = {n: ins for n, ins in parse_sass(sass).items() if match in n}
     if not functions:
         print(f"no function of {binary} matches {match!r}", file=sys.stderr)
@@ -174,11 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sass", type=Path, metavar="BINARY", help="extension .so or object file to disassemble")
     p.add_argument("--match", default="", help="only functions whose name contains this (with --sass)")
     p.add_argument("--cuobjdump", default="cuobjdump", help="cuobjdump executable (with --sass)")
+    p.add_argument("--check-overlap", action="store_true",
+                   help="with --sass: exit 1 unless every sm_90a wgmma forward runs its softmax while P V runs")
     args = p.parse_args(argv)
     if (args.log is None) == (args.sass is None):
         p.error("give a build log or --sass BINARY")
     if args.sass is not None:
-        return report_sass(args.sass, args.match, args.cuobjdump)
+        return report_sass(args.sass, args.match, args.cuobjdump, args.check_overlap)
     return report_ptxas(args.log, args.check)
 
 

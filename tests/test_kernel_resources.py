@@ -4,6 +4,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("kernel_resources", ROOT / "bench" / "kernel_resources.py")
 KR = importlib.util.module_from_spec(spec)
@@ -90,3 +92,37 @@ def test_sass_summary_counts_the_longest_loop():
     assert len(instructions) == 8
     s = KR.sass_summary(instructions)
     assert s == {"total": 8, "loop": 4, "loop_tensor": 2, "loop_cp_async": 0, "loop_reductions": 1}
+
+
+# Two cubins of one wgmma forward kernel, in the shape of `cuobjdump -sass` output of the CUDA 13.0
+# build: the sm_80 one is a trap, the sm_90a one issues S and P V, waits for S (0x1), takes
+# exponentials (two here), then waits for P V (0x0) -- or, as ptxas once scheduled it, waits for
+# both before the exponentials.
+WGMMA_NAME = "_ZN9radd_fast9attention4cuda16fwd_wgmma_kernelI13__nv_bfloat16Li64ELi1EEEvNS1_4RowsIT_EES6_S6_PS5_PfNS1_10MaskParamsElf"
+
+
+def wgmma_sass(overlapped: bool) -> str:
+    body = ["WARPGROUP.ARRIVE", "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24, gsb0",
+            "HGMMA.64x64x16.F32.BF16 R88, R4, gdesc[UR12], R88, gsb0", "WARPGROUP.DEPBAR.LE gsb0, 0x1"]
+    ex2 = ["MUFU.EX2 R10, R10", "MUFU.EX2 R11, R11"]
+    body += (ex2 + ["WARPGROUP.DEPBAR.LE gsb0, 0x0"]) if overlapped else (["WARPGROUP.DEPBAR.LE gsb0, 0x0"] + ex2)
+    lines = "\n".join(f"        /*{16 * i:04x}*/                   {t} ;  /* 0x0 */" for i, t in enumerate(body + ["EXIT"]))
+    trap = "        /*0000*/                   BPT.TRAP 0x1 ;  /* 0x0 */"
+    return (f"\nFatbin elf code:\n================\narch = sm_80\n\n\tcode for sm_80\n\t\tFunction : {WGMMA_NAME}\n{trap}\n"
+            f"\nFatbin elf code:\n================\narch = sm_90a\n\n\tcode for sm_90a\n\t\tFunction : {WGMMA_NAME}\n{lines}\n")
+
+
+@pytest.mark.parametrize("overlapped", [True, False])
+def test_overlap_check_reads_the_sm90a_cubin(overlapped):
+    functions = KR.parse_sass(KR.arch_sections(wgmma_sass(overlapped))["sm_90a"])
+    (name, instructions), = functions.items()
+    assert name == "fwd_wgmma_kernel<__nv_bfloat16, 64, 1>"
+    assert KR.softmax_overlap(instructions) == (2 if overlapped else 0)
+    assert KR.parse_sass(KR.arch_sections(wgmma_sass(overlapped))["sm_80"])[name] != instructions
+
+
+def test_overlap_check_wants_every_exponential_of_a_step(capsys):
+    functions = KR.parse_sass(KR.arch_sections(wgmma_sass(True))["sm_90a"])
+    assert KR.check_overlap(functions) == 1  # 2 exponentials, a 64-key step has 32 per thread
+    assert "FAIL fwd_wgmma_kernel<__nv_bfloat16, 64, 1>: 2 exponentials while P V runs (needs 32)" in capsys.readouterr().out
+    assert KR.check_overlap({}) == 1

@@ -188,6 +188,12 @@ __global__ void __launch_bounds__(kMmaThreads, bwd_wgmma_min_blocks<D>()) bwd_wg
       wgmma_wait<0>();
 #pragma unroll
       for (int i = 0; i < kDqN / 2; ++i) wgmma_fence_operand(dq[i]);
+      if (n0 == 0) {  // the first wait also covered dV's and dK's products, which read pp and dd
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) wgmma_fence_operand(pp[kk][i]), wgmma_fence_operand(dd[kk][i]);
+      }
       // Rows past L add nothing (their pointers are those of row 0: never dereferenced).
       float* dst_g = dq_acc + ((b * L + (qrow[0] < L ? qrow[0] : 0)) * H + h) * D + n0 + 2 * t4;
       float* dst_g8 = dq_acc + ((b * L + (qrow[1] < L ? qrow[1] : 0)) * H + h) * D + n0 + 2 * t4;

@@ -40,8 +40,8 @@ namespace radd_fast::attention::cuda {
 // per CTA would read ~0.8 GB of K / V per forward, ~6 TB/s at the 400 TFLOP/s target, at the limit
 // of an H100-class L2 -- but meet at a barrier per tile.
 //   NK = 1 (64-key steps, the default): two 256-thread CTAs per SM need <= 128 registers per
-//   thread: at head_dim <= 64 the kernel is held to that (ptxas, CUDA 13, sm_90a: ~138 when free at
-//   head_dim 64, 128 with 60 bytes spilled, a few local loads per tile; 118 at head_dim 32). At
+//   thread: at head_dim <= 64 the kernel is held to that (ptxas, CUDA 13.0, sm_90a, 2026-12-02: 128
+//   at head_dim 64 and 124 at head_dim 32, no spills; ~138 when free at head_dim 64). At
 //   head_dim 128 (180 registers) one 256-thread CTA would fill the SM alone: there G = 1, two
 //   128-thread CTAs per SM (shared memory, 80 KB each, allows no third).
 //   NK = 2 (128-key steps, RADD_FAST_ATTENTION_KEY_TILE=128): each S product is one m64n128k16 per
@@ -170,6 +170,12 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D, NK>(), NK == 1 ? 2 : 1)
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) wgmma_fence_operand(o_flat[i]);
   };
+  auto fence_pa = [&] {  // P V reads pa from the registers: no new P in them before its wait
+#pragma unroll
+    for (int kk = 0; kk < KK; ++kk)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) wgmma_fence_operand(pa[kk][i]);
+  };
   // Descriptors of slot 0 (and of the warpgroup's Q rows); a slot or k step further is an offset
   // of the start address, which sits in the low bits in 16-byte units. Deriving them by one add
   // keeps ptxas from holding a descriptor per slot and k step live through the loop.
@@ -212,6 +218,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D, NK>(), NK == 1 ? 2 : 1)
   auto issue_pv = [&](int slot) {  // O += P V; k step kk = keys 16 kk..+15; V read MN-major
     const uint64_t vd = v_desc + slot * kSlotUnits;
     fence_o();
+    fence_pa();
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < KK; ++kk)  // two key groups (32 D B) further per k step
@@ -248,9 +255,23 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D, NK>(), NK == 1 ? 2 : 1)
     wgmma_wait<1>();  // S1 (committed first) is done; P V may still run
     fence_s();
     softmax_to_p(t1);
-    wgmma_wait<0>();  // P V is done: O and pa may be touched again
-    fence_o();
-    fwd_rescale_output<ND>(o, alpha);
+    // Then wait for P V (O and pa may be touched again) and rescale O unless no row maximum of the
+    // warpgroup moved. With a per-warp vote after the wait (fwd_rescale_output), ptxas (CUDA 13.0,
+    // sm_90a) put the wait above all of the softmax's exponentials: no overlap with P V at all.
+    // Voting over the warpgroup before the wait, with a wait in each arm of the branch, keeps the
+    // exponentials between the two waits (SASS: all 34 ex2 of a thread's 64-key step, 32
+    // probabilities and 2 rescale factors; CI checks it with bench/kernel_resources.py
+    // --check-overlap). The speed-up is unmeasured.
+    if (gpu::warpgroup_all(alpha[0] == 1.f && alpha[1] == 1.f)) {
+      wgmma_wait<0>();
+      fence_o();
+      fence_pa();
+    } else {
+      wgmma_wait<0>();
+      fence_o();
+      fence_pa();
+      fwd_scale_output<ND>(o, alpha);
+    }
 #pragma unroll
     for (int kk = 0; kk < KK; ++kk) pack_p_fragment<M, NT>(s, kk, pa[kk]);
     const int t3 = after(t2);
@@ -267,6 +288,7 @@ __global__ void __launch_bounds__(fwd_wgmma_threads<D, NK>(), NK == 1 ? 2 : 1)
     issue_pv(p & 1);
     wgmma_wait<0>();
     fence_o();
+    fence_pa();
   }
   cp_async_wait<0>();
   fwd_store_rows<M, T, D>(m, l, o, out, lse, b, h, H, L, row0, t4);

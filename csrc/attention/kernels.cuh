@@ -410,7 +410,12 @@ __device__ __forceinline__ void fwd_softmax_stats(float (&s)[NT][4], float (&m)[
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     mx *= post;  // -inf stays -inf (post > 0)
+    const float m_old = m[r];
     alpha[r] = online_softmax_rescale(m[r], mx, Exp2{});
+    // A maximum that did not move gives exactly 1 -- not left to ex2.approx(0) -- so that
+    // fwd_rescale_output's vote skips it; also while the row has seen no visible key (m = -inf,
+    // nothing accumulated: 1 and 0 scale the zeros alike).
+    if (m[r] == m_old) alpha[r] = 1.f;
     off[r] = softmax_offset(m[r]);
     l[r] *= alpha[r];  // per-lane partial sums; the quad's are added at the end
   }
@@ -423,18 +428,21 @@ __device__ __forceinline__ void fwd_softmax_stats(float (&s)[NT][4], float (&m)[
     }
 }
 // o (rows row0, row0 + 8 of an m-tile, mma.sync's C layout) *= alpha of its row. Skipped when
-// alpha is exactly 1 in every lane of the warp -- no row maximum moved, as on most key tiles after
+// alpha is 1 in every lane of the warp -- no row maximum moved, as on most key tiles after
 // the first few: the same numbers for one vote instead of 4 ND multiplications (FlashAttention-4's
 // conditional rescaling without its threshold, so nothing changes numerically). Every lane of the
 // warp must call it.
 template <int ND>
-__device__ __forceinline__ void fwd_rescale_output(float (&o)[ND][4], const float (&alpha)[2]) {
-  if (__all_sync(0xffffffffu, alpha[0] == 1.f && alpha[1] == 1.f)) return;
+__device__ __forceinline__ void fwd_scale_output(float (&o)[ND][4], const float (&alpha)[2]) {
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd) {
     o[nd][0] *= alpha[0], o[nd][1] *= alpha[0];
     o[nd][2] *= alpha[1], o[nd][3] *= alpha[1];
   }
+}
+template <int ND>
+__device__ __forceinline__ void fwd_rescale_output(float (&o)[ND][4], const float (&alpha)[2]) {
+  if (!__all_sync(0xffffffffu, alpha[0] == 1.f && alpha[1] == 1.f)) fwd_scale_output<ND>(o, alpha);
 }
 // Both of the above, for a kernel whose P V of the previous tile has completed.
 template <int ND, int NT>

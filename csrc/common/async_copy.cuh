@@ -16,10 +16,12 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool pre
 }
 // Closes the group of this thread's copies issued since the last commit (an empty group is valid).
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most N of this thread's committed groups are still in flight.
+// Waits until at most N of this thread's committed groups are still in flight. The "memory"
+// clobber keeps the compiler from moving this thread's shared-memory reads of the copied tile
+// above the wait (the kernels' __syncthreads after it also does, but the wait must not rely on it).
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 }  // namespace radd_fast::gpu

@@ -34,15 +34,34 @@ __device__ __forceinline__ void wgmma_wait() {
 // Orders this thread's earlier generic-proxy writes of shared memory (st.shared, cp.async) before
 // later async-proxy reads of it (wgmma operands).
 __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// True in all 128 threads of this thread's warpgroup iff pred holds in all of them: a reduction on
+// named barrier 1 + warpgroup (barrier 0 is __syncthreads'), which every thread of the warpgroup
+// must reach. A warpgroup-uniform branch is one ptxas can keep wgmma state across.
+__device__ __forceinline__ bool warpgroup_all(bool pred) {
+  uint32_t all;
+  asm volatile(
+      "{\n\t.reg .pred p, q;\n\tsetp.ne.u32 p, %1, 0;\n\tbar.red.and.pred q, %2, 128, p;\n\t"
+      "selp.u32 %0, 1, 0, q;\n\t}\n"
+      : "=r"(all)
+      : "r"(uint32_t(pred)), "r"(1 + threadIdx.x / 128)
+      : "memory");
+  return all != 0;
+}
 #else
 __device__ __forceinline__ void wgmma_fence() { __trap(); }
 __device__ __forceinline__ void wgmma_commit() { __trap(); }
 template <int N>
 __device__ __forceinline__ void wgmma_wait() { __trap(); }
 __device__ __forceinline__ void fence_proxy_async_smem() { __trap(); }
+__device__ __forceinline__ bool warpgroup_all(bool) {
+  __trap();
+  return false;
+}
 #endif
 
 __device__ __forceinline__ void wgmma_fence_operand(float& x) { asm volatile("" : "+f"(x)::"memory"); }
+// For the A fragments of wgmma_rs: their registers must hold still until the wait that covers it.
+__device__ __forceinline__ void wgmma_fence_operand(uint32_t& x) { asm volatile("" : "+r"(x)::"memory"); }
 
 // No-swizzle descriptor of the matrix at shared-memory pointer p: lbo = byte step between core
 // matrices along K, sbo = along M / N.

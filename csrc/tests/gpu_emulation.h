@@ -359,6 +359,17 @@ inline void wgmma_wait() {
 inline uint64_t wgmma_desc(const void* p, uint32_t lbo, uint32_t sbo) { return emu::wgmma_desc(p, lbo, sbo); }
 template <typename T>
 inline void wgmma_fence_operand(T&) {}
+// Vote over the 128 threads of the warpgroup (bar.red.and.pred on the GPU).
+inline bool warpgroup_all(bool pred) {
+  auto& st = emu::state;
+  const bool mine = pred;
+  st.warpgroup_slots[threadIdx.x % 128] = &mine;
+  st.warpgroup_barrier->arrive_and_wait();
+  bool all = true;
+  for (int i = 0; i < 128; ++i) all = all && *static_cast<const bool*>(st.warpgroup_slots[i]);
+  st.warpgroup_barrier->arrive_and_wait();  // every thread has read the others' votes
+  return all;
+}
 // D (64 x N) (+)= A (64 x 16, registers) B (16 x N, shared memory).
 template <typename T, int N, bool TRANS_B>
 inline void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b_desc, bool scale_d) {
