@@ -173,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
   const int64_t ld_t = ld * int64_t(sizeof(acc_t)) / int64_t(sizeof(T));
   int64_t R = kCudaWorkspaceBytes / (ld * int64_t(sizeof(acc_t))) / 128 * 128;
   R = std::max<int64_t>(128, std::min(R, ceil_div(N, 128) * 128));
-  if (chunk_rows_override() > 0) R = chunk_rows_override();
+  R = cuda_chunk_rows(R, N);
   at::Tensor logits = at::empty({R, ld}, fopt);
   acc_t* L = logits.data_ptr<acc_t>();
   const T* d_ptr = reinterpret_cast<const T*>(L);
@@ -307,13 +307,21 @@ std::vector<at::Tensor> on_side_streams(int n, const std::function<at::Tensor(in
   for (int i = 0; i < n; ++i) {
     const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, main.device_index());
     C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream(), fork, 0));
-    {
+    auto join = [&] {  // main waits for what was queued on this side stream
+      const cudaEvent_t done = events.make();
+      C10_CUDA_CHECK(cudaEventRecord(done, side.stream()));
+      C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), done, 0));
+    };
+    try {
       const c10::cuda::CUDAStreamGuard guard(side);
       out.push_back(make(i));
+    } catch (...) {
+      // Work that make() queued before it threw may still read the caller's tensors: join it before
+      // the error unwinds them (and the caching allocator hands their memory to main's next use).
+      join();
+      throw;
     }
-    const cudaEvent_t done = events.make();
-    C10_CUDA_CHECK(cudaEventRecord(done, side.stream()));
-    C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), done, 0));
+    join();
   }
   for (auto& t : out) t.record_stream(main);
   return out;

@@ -29,12 +29,17 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <tuple>
 
 #include "dce_loss/dce_loss.h"
 #include "dce_loss/grouped.h"
 
 namespace radd_fast::dce {
+
+namespace {
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; }
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backward(
     const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,
@@ -66,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backw
   const int64_t ld = (nc + 7) / 8 * 8;
   int64_t R = kGroupedWorkspaceBytes / (ld * int64_t(sizeof(BFloat16))) / 128 * 128;
   R = std::max<int64_t>(128, std::min(R, (N + 127) / 128 * 128));
-  if (chunk_rows_override() > 0) R = chunk_rows_override();
+  R = cuda_chunk_rows(R, N);
   const int64_t chunks = (N + R - 1) / R;
   // The hidden-gradient product's class slices: a multiple of 8 classes each (16-byte aligned).
   const int64_t split = want_h ? std::min<int64_t>(grad_h_split(), (nc + 7) / 8) : 1;
@@ -86,7 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backw
     const at::Tensor v = valid.narrow(0, c, 1);
     grouped::launch_gather_rows(H, D, ord, cnt, row0, R, hc.data_ptr<BFloat16>(), v.data_ptr<int>());
     at::Tensor logits = grouped::logits(hc, w_nc, v);
-    TORCH_INTERNAL_ASSERT(logits.stride(1) == 1 && logits.stride(0) == ld, "unexpected logits layout");
+    // The row kernels read rows as 16-byte vectors: torch's allocations are 256-byte aligned.
+    TORCH_INTERNAL_ASSERT(logits.stride(1) == 1 && logits.stride(0) == ld && aligned16(logits),
+                          "unexpected logits layout");
     grouped::launch_softmax_rows(logits.data_ptr<BFloat16>(), ld, nc, ord, cnt, row0, R, tgt.const_data_ptr<int64_t>(),
                                  w.const_data_ptr<float>(), has_bias ? b_acc.const_data_ptr<float>() : nullptr,
                                  loss.data_ptr<float>(), any, hc.const_data_ptr<BFloat16>(),
@@ -105,13 +112,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backw
         for (size_t i = 1; i < parts.size(); ++i) acc.add_(parts[i]);
         rows = acc.to(at::kBFloat16);  // rows past the chunk's count hold garbage: never scattered
       }
-      TORCH_INTERNAL_ASSERT(rows.stride(0) == D && rows.stride(1) == 1, "unexpected grad_hidden layout");
+      TORCH_INTERNAL_ASSERT(rows.stride(0) == D && rows.stride(1) == 1 && aligned16(rows),
+                            "unexpected grad_hidden layout");
       grouped::launch_scatter_rows(rows.const_data_ptr<BFloat16>(), R, D, ord, cnt, row0,
                                    grad_hidden.data_ptr<BFloat16>());
     }
     if (want_w) {
       const at::Tensor gw = grouped::grad_weight(logits, hc, v);
-      TORCH_INTERNAL_ASSERT(gw.is_contiguous(), "unexpected grad_weight layout");
+      TORCH_INTERNAL_ASSERT(gw.is_contiguous() && aligned16(gw), "unexpected grad_weight layout");
       grouped::launch_accumulate(gw_acc.data_ptr<float>(), gw.const_data_ptr<BFloat16>(), nc * D, v.const_data_ptr<int>());
     }
     if (want_b)

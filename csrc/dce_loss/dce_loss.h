@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -130,6 +131,12 @@ inline int64_t chunk_rows_override() {
   const long long v = std::atoll(s);
   return v > 0 ? int64_t(v) : 0;
 }
+// The rows per chunk of a CUDA engine for N rows: `automatic`, or the override capped at N rounded
+// up to 128 -- more would only allocate workspace that no row uses (and grids past what a launch allows).
+inline int64_t cuda_chunk_rows(int64_t automatic, int64_t N) {
+  const int64_t o = chunk_rows_override();
+  return o > 0 ? std::min(o, std::max<int64_t>(128, (N + 127) / 128 * 128)) : automatic;
+}
 
 // RADD_FAST_DCE_GRAD_H_SPLIT=g (1 to 16; default 1) splits the grouped engine's hidden-gradient
 // product of a chunk, dlogits (rows x classes) @ W, into g products over class slices run on g side
@@ -137,7 +144,10 @@ inline int64_t chunk_rows_override() {
 // 1,280 active rows ~30 output tiles for 132 SMs -- and the H200 profile (2026-11-30) measured it
 // at 457 us against 189 us for the logits product of the same size (SM 27 % vs 68 %). Persistent
 // GEMM blocks with no tile exit at once, so the slices' kernels can fill the SMs the first one
-// leaves idle. Opt-in until a GPU run has measured it (bench: the `fused-split4` row).
+// leaves idle. Opt-in until a GPU run has measured it (bench: the `fused-split4` row). Each slice's
+// product comes out of the GEMM in bf16 and the fp32 sum of the g slices is rounded once more: up
+// to g + 1 bf16 roundings per gradient element instead of one (tests/test_dce_loss.py holds the
+// split to the same 2x-torch bound as the single product).
 inline int grad_h_split() {
   const char* s = std::getenv("RADD_FAST_DCE_GRAD_H_SPLIT");
   if (s == nullptr || *s == 0) return 1;

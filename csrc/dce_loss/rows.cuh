@@ -216,6 +216,9 @@ __device__ __forceinline__ void vector_logits(const Vec16<T>& v, const acc_t* bi
 // p-weighted average of the logits' roundings, not that plus the target's own rounding -- on the
 // test's one-row, 5-class case 1.5x torch's bf16 error instead of 2.1x, and about half the loss
 // error of the rounded target on larger shapes (a simulation of both on the CPU, 2026-11-30).
+// Mixing the two roundings means a row whose target holds nearly all the probability can get a
+// loss slightly below zero (by up to ~2^-9 |z_t|, the logsumexp's bf16 inputs); nothing in the
+// package assumes a row's loss is non-negative.
 // Both sweeps over the row are meant to run at memory speed: an H200 issues about 13 thread
 // instructions per bf16 logit that its HBM delivers, and the per-element online logsumexp (a
 // compare, a swap and an expf per logit) with per-element bounds tests took ~33 in SASS (sm_90a)
@@ -259,7 +262,13 @@ __global__ void __launch_bounds__(kRowThreads) softmax_rows_vec_kernel(T* logits
     if (m != -std::numeric_limits<acc_t>::infinity()) {  // -inf logits add nothing
       const acc_t off = m * kLog2e;
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) s += exp2_acc(x[k] * kLog2e - off);
+      for (int k = 0; k < VEC; ++k) s += exp2_acc(x[k] * kLog2e - off);  // a NaN logit makes s NaN
+    } else {
+      // Only -inf so far, or NaN: max() drops NaN operands, so a NaN beside -inf logits would be
+      // lost here (a finite m carries it through s instead). Rare, so checked off the hot path.
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        if (x[k] != x[k]) m = x[k];
     }
   }
   LseState<acc_t> st{m, s};

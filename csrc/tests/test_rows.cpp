@@ -209,6 +209,41 @@ void test_scatter_and_gather() {
 
 }  // namespace
 
+// A NaN logit makes its row's loss and gradients NaN, as in torch's cross-entropy, wherever it sits
+// in the vectorised kernel's 8-class vectors: beside -inf logits only (where max() would drop it),
+// first or last in a vector of finite ones, and in the partial last vector. 27 classes: 3 full
+// vectors and 3 classes.
+void test_vec_nan_logits() {
+  constexpr int nc = 27, ld = 32;
+  const double inf = INFINITY, nan = NAN;
+  const std::vector<std::pair<int, bool>> cases = {{1, true}, {8, false}, {15, false}, {25, false}};
+  const int R = int(cases.size());
+  std::vector<EmuBf16> logits(size_t(R) * ld);
+  for (int i = 0; i < R; ++i) {
+    const auto [at, others_neg_inf] = cases[i];
+    for (int c = 0; c < ld; ++c) logits[size_t(i) * ld + c] = EmuBf16(c < 8 && others_neg_inf ? -inf : 0.25 * (c % 5));
+    logits[size_t(i) * ld + at] = EmuBf16(nan);
+  }
+  std::vector<int> order(R);
+  for (int i = 0; i < R; ++i) order[i] = i;
+  std::vector<int64_t> target(R, 20);
+  std::vector<float> row_weight(R, 1.f), loss(R, -7.f);
+  const int count = R;
+  for (bool grad : {false, true}) {
+    std::vector<EmuBf16> z = logits;
+    launch(EmuDim3{unsigned(R), 1, 1}, gpu::kRowThreads, 0, [&] {
+      gpu::softmax_rows_vec_kernel<EmuBf16, float>(z.data(), ld, nc, order.data(), &count, 0, target.data(),
+                                                   row_weight.data(), nullptr, loss.data(), grad);
+    });
+    for (int i = 0; i < R; ++i) {
+      EXPECT(std::isnan(loss[i]), "NaN logit at class %d (grad %d): loss %g, not NaN", cases[i].first, int(grad),
+             double(loss[i]));
+      if (grad) EXPECT(std::isnan(double(z[size_t(i) * ld + 3])), "NaN logit at class %d: gradient not NaN",
+                       cases[i].first);
+    }
+  }
+}
+
 int main() {
   // nc = 1,100: two full 512-wide slices and a partial one; ld padded as each engine pads it.
   test_softmax<float, float, float>(4, 3, 1100, 1104, false, true, 1);
@@ -232,6 +267,7 @@ int main() {
   test_bias_grad<float, float>(260, 259, 37, 40);      // the tile engine's fp32 and fp64 logits
   test_bias_grad<double, double>(131, 130, 35, 48);
   test_scatter_and_gather();
+  test_vec_nan_logits();
   if (radd_fast::test::failures() == 0) std::printf("test_rows: all passed\n");
   return radd_fast::test::failures();
 }
