@@ -42,14 +42,14 @@ namespace radd_fast::attention::cuda {
 //   NK = 1 (64-key steps, the default): two 256-thread CTAs per SM need <= 128 registers per
 //   thread: at head_dim <= 64 the kernel is held to that (ptxas, CUDA 13.0, sm_90a, 2026-12-02: 128
 //   at head_dim 64 and 124 at head_dim 32, no spills; ~138 when free at head_dim 64). At
-//   head_dim 128 (180 registers) one 256-thread CTA would fill the SM alone: there G = 1, two
+//   head_dim 128 (174 registers) one 256-thread CTA would fill the SM alone: there G = 1, two
 //   128-thread CTAs per SM (shared memory, 80 KB each, allows no third).
 //   NK = 2 (128-key steps, RADD_FAST_ATTENTION_KEY_TILE=128): each S product is one m64n128k16 per
 //   k step, which reads a third less shared memory per FLOP than m64n64k16 -- with Q read from
 //   shared memory too, the 64-key S product needs the SM's whole shared-memory bandwidth (4 KB per
 //   32 tensor-core cycles) -- and half the barriers, row maxima and rescalings per key. G = 2, one
 //   CTA per SM: the scores of the next step (64 registers), P of this one (32) and the output (D /
-//   2) are live together: 168 / 188 / 228 registers at head_dim 32 / 64 / 128 (ptxas, CUDA 13,
+//   2) are live together: 166 / 184 / 222 registers at head_dim 32 / 64 / 128 (ptxas, CUDA 13,
 //   sm_90a; no spills).
 //   FlashAttention-3's 192 x 128 tile at head_dim 64 (G = 3, <= 168 registers) spilled 284 bytes:
 //   its consumers get their registers from a producer warpgroup that this kernel does not have.
