@@ -184,14 +184,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--only", default="", help="comma-separated case prefixes (attention, loss, rotary, sampler, schedule)")
+    ap.add_argument("--skip", default="", help="comma-separated substrings of case names to leave out")
     args = ap.parse_args(argv)
     if not radd_fast._extension.AVAILABLE:
         print("radd_fast extension not built", file=sys.stderr)
         return 2
     only = [s for s in args.only.split(",") if s]
+    skip = [s for s in args.skip.split(",") if s]
     bad = 0
     for name, dtype, run in cases(args.device):
-        if only and not any(name.startswith(o) for o in only):
+        if (only and not any(name.startswith(o) for o in only)) or any(s in name for s in skip):
             continue
         t0 = time.perf_counter()
         err = run()

@@ -47,6 +47,20 @@ def test_sanitize_cases_report_a_wrong_result(monkeypatch, capsys):
     assert "FAIL attention" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
+def test_racecheck_selection_is_what_gpu_check_names(capsys):
+    # The racecheck stage's --only / --skip, as bench/gpu_check.sh passes them: on the CPU (no fp16
+    # and no wgmma cases) 12 cases, the 16 of its time budget on an H200 less the 4 wgmma ones.
+    text = (ROOT / "bench" / "gpu_check.sh").read_text()
+    only = re.search(r'sanitize_cases\.py --only "([^"]+)" \\\n\s*--skip "([^"]+)"', text)
+    assert only, "gpu_check.sh's racecheck command changed shape"
+    assert load_sanitize_cases().main(["--device", "cpu", "--only", only[1], "--skip", only[2]]) == 0
+    names = re.findall(r"^ok   (.*): relative error", capsys.readouterr().out, re.M)
+    assert len(names) == 12, names
+    assert not any("chunk 1024" in n or "split" in n or "float32 D 32" in n for n in names)
+    assert sum("k128" in n for n in names) == 2
+
+
 def test_profile_train_runs_small_on_the_cpu(capsys):
     assert load_bench_script("profile_train").main(["--small", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
