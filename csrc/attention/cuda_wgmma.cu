@@ -86,8 +86,9 @@ bool wgmma_available(int device) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(device), &capture));
     TORCH_CHECK(capture == cudaStreamCaptureStatusNone,
-                "radd_fast.masked_attention: the wgmma kernels are probed on their first use on a device, which "
-                "cannot happen under CUDA graph capture; run one call on device ", device, " before capturing");
+                msg("radd_fast.masked_attention: the wgmma kernels are probed on their first use on a device, "
+                    "which cannot happen under CUDA graph capture; run one call on device ", device,
+                    " before capturing"));
     at::Tensor flag = at::zeros({1}, at::TensorOptions().device(at::kCUDA, device).dtype(at::kInt));
     wgmma_probe_kernel<<<1, 1, 0, c10::cuda::getCurrentCUDAStream(device)>>>(flag.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
