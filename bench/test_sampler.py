@@ -16,6 +16,7 @@ run. With --benchmark-disable (the smoke run of `make test`) the shapes shrink (
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 
 import pytest
@@ -45,7 +46,10 @@ class Counted:
         return getattr(self.model, name)
 
 
+@functools.lru_cache(maxsize=2)
 def build(name: str, device: torch.device, length: int):
+    """The model of a case, built once per process: the CUDA cases share `small` (162 M parameters,
+    seconds to build, within gpu_check's 45 s sampler stage). Sampling leaves it unchanged."""
     torch.manual_seed(0)
     if name == "mixer":
         return MixerLM(V, 128, length, n_layers=2, seed=0, device=device).eval()

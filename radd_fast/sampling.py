@@ -8,8 +8,8 @@ Three methods, one process (radd-math.md, "Sampling"):
   event (a prefix of the batch sorted by event count), computes output logits only for the rows
   revealed in that event (a model whose ``hidden`` takes ``rows`` -- RADD -- also runs its last
   block's projection and MLP on those rows alone) and samples them on the device
-  (radd_fast.functional.sample_rows). One host synchronisation after the schedule, none inside the
-  loop; network evaluations per sequence = its number of events (E-NFE = n (1 - (1 - 1/n)^L)), and
+  (radd_fast.functional.sample_rows). Host synchronisations: the prompt's token check and the
+  schedule's round sizes before the loop, none inside it; network evaluations per sequence = its number of events (E-NFE = n (1 - (1 - 1/n)^L)), and
   no work at all for steps that reveal nothing.
 * ``"confidence"`` -- the same rounds and the same number of tokens revealed per sequence per
   round, but the revealed positions are the masked ones the model is most sure of (highest
@@ -150,15 +150,21 @@ def _rounds(plan: RevealPlan, progress: bool, desc: str):
 def _hidden_rows(model):
     """(tokens (A, L), rows (R,) flat indices) -> the hidden states of those rows (R, H): through
     `model.hidden(tokens, rows=rows)` where the model takes `rows` (RADD: its last block then works
-    on those rows alone), else by selecting them from `model.hidden(tokens)`."""
+    on those rows alone), else by selecting them from `model.hidden(tokens)`. bf16 / fp16 states (a
+    model ending in a matmul under autocast) come back in fp32: the head's logits are fp32 or fp64."""
     if "rows" in inspect.signature(model.hidden).parameters:
-        return lambda tokens, rows: model.hidden(tokens, rows=rows)
+        def get(tokens, rows):
+            return model.hidden(tokens, rows=rows)
+    else:
+        def get(tokens, rows):
+            h = model.hidden(tokens)
+            return h.reshape(-1, h.shape[-1]).index_select(0, rows)
 
-    def select(tokens, rows):
-        h = model.hidden(tokens)
-        return h.reshape(-1, h.shape[-1]).index_select(0, rows)
+    def hidden_rows(tokens, rows):
+        h = get(tokens, rows)
+        return h.float() if h.dtype in (torch.bfloat16, torch.float16) else h
 
-    return select
+    return hidden_rows
 
 
 def _restore_order(plan: RevealPlan) -> torch.Tensor:

@@ -603,6 +603,40 @@ def test_no_host_sync_inside_the_loop_cuda():
         assert torch.all(x[:, 0] == 1) and torch.all(x < 50)
 
 
+@pytest.mark.parametrize("heads", [2, 4])
+def test_radd_rows_under_autocast_without_host_sync(device, heads):
+    # What the sampler benchmarks run on CUDA: RADD's rows path (its last block on the revealed rows)
+    # under bf16 autocast. heads 2: head_dim 64, on CUDA torch's SDPA; heads 4: head_dim 32, our
+    # kernel behind its autocast wrapper. On CUDA the loop must not synchronise with the host.
+    from radd_fast.model import RADD, RADDConfig
+
+    torch.manual_seed(0)
+    model = RADD(RADDConfig(vocab_size=50, hidden_size=128, n_heads=heads, n_blocks=2, max_length=64, dropout=0.0,
+                            tokenizer="bytes")).to(device).eval()
+    with torch.no_grad():
+        model.output_layer.linear.weight.normal_(0.0, 0.2)
+    rows_asked = []
+    original = model.hidden
+    model.hidden = lambda x, rows=None, **kw: rows_asked.append(rows is not None) or original(x, rows=rows, **kw)
+    x_init = _x_init(model, 8, 64, {0: 1, 10: 2}, device)
+    cuda = device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        for run in (run_cached, run_confidence):
+            run(model, plan_reveals(x_init, model.mask_id, 16, seed=0), seed=0)  # warm-up
+            plan = plan_reveals(x_init, model.mask_id, 128, seed=1)
+            rows_asked.clear()
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                x = run(model, plan, seed=1, top_k=10, top_p=0.9)
+            finally:
+                if cuda:
+                    torch.cuda.set_sync_debug_mode("default")
+            assert rows_asked and all(rows_asked), run.__name__
+            assert torch.all(x[:, 0] == 1) and torch.all(x[:, 10] == 2) and torch.all((x >= 0) & (x < 50))
+
+
 # --------------------------------------------------------------------------------- reproducibility
 def test_fixed_seed_same_output_twice(device):
     model = mixer(V=11, L=16, device=device)
@@ -635,6 +669,25 @@ class _FullHidden:
 
     def __getattr__(self, name):
         return getattr(self.model, name)
+
+
+def test_low_precision_hidden_states_are_sampled_in_fp32(device):
+    # A model whose hidden states come back in bf16 (as a final matmul does under autocast): the
+    # sampler gives the head fp32 rows, and gets the samples of the same states upcast.
+    model = mixer(V=13, L=20, device=device)
+
+    class Bf16Hidden(_FullHidden):
+        def hidden(self, x):
+            return self.model.hidden(x).bfloat16()
+
+    class Upcast(_FullHidden):
+        def hidden(self, x):
+            return self.model.hidden(x).bfloat16().float()
+
+    for method in ("cached", "confidence"):
+        a, na = sample(Bf16Hidden(model), 4, 20, 12, prompt=[3], seed=2, method=method, top_k=5)
+        b, nb = sample(Upcast(model), 4, 20, 12, prompt=[3], seed=2, method=method, top_k=5)
+        assert torch.equal(a, b) and torch.equal(na, nb), method
 
 
 def test_radd_samples_through_selected_rows(device):

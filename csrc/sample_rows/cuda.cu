@@ -223,6 +223,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_sample_rows(const at::Tensor& hidden, co
       const int64_t rows = std::min(chunk, N - r0);
       const at::Tensor h = hidden.narrow(0, r0, rows);
       const at::Tensor logits = has_bias ? at::addmm(bias->narrow(0, 0, V), h, w) : at::mm(h, w);
+      TORCH_INTERNAL_ASSERT(logits.is_contiguous(), "sample_rows: the kernel reads row r at logits + r * V");
       sample_rows_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(logits.const_data_ptr<scalar_t>(), V, r0, p, shift,
                                                                   tokens.data_ptr<int64_t>(),
                                                                   log_prob.data_ptr<scalar_t>());
