@@ -9,8 +9,8 @@ Three methods, one process (radd-math.md, "Sampling"):
   revealed in that event (a model whose ``hidden`` takes ``rows`` -- RADD -- also runs its last
   block's projection and MLP on those rows alone) and samples them on the device
   (radd_fast.functional.sample_rows). Host synchronisations: the prompt's token check and the
-  schedule's round sizes before the loop, none inside it; network evaluations per sequence = its number of events (E-NFE = n (1 - (1 - 1/n)^L)), and
-  no work at all for steps that reveal nothing.
+  schedule's round sizes before the loop, none inside it; network evaluations per sequence = its
+  number of events (E-NFE = n (1 - (1 - 1/n)^L)), and no work at all for steps that reveal nothing.
 * ``"confidence"`` -- the same rounds and the same number of tokens revealed per sequence per
   round, but the revealed positions are the masked ones the model is most sure of (highest
   probability of the token sampled there), MaskGIT/LLaDA style. Not RADD's distribution.

@@ -58,11 +58,10 @@ EngineChoice choose_engine(const at::Tensor& hidden, const at::Tensor& weight) {
   if (choice == "tiles" || (!forced && grouped_refused.load())) return {false, false};
   int major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, hidden.get_device()));
-  const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; };
   const char* why = hidden.scalar_type() != at::kBFloat16 ? "it needs bfloat16 inputs"
                     : major != 9 && major != 10           ? "it needs compute capability 9.x or 10.x"
                     : hidden.size(1) % 8 != 0             ? "it needs D to be a multiple of 8"
-                    : !aligned(hidden) || !aligned(weight) ? "it needs 16-byte aligned 'hidden' and 'weight'"
+                    : !aligned16(hidden) || !aligned16(weight) ? "it needs 16-byte aligned 'hidden' and 'weight'"
                                                            : nullptr;
   TORCH_CHECK_VALUE(why == nullptr || !forced,
                     msg("radd_fast.", kOp, ": RADD_FAST_DCE_ENGINE=grouped cannot run this call: ", why ? why : ""));

@@ -29,17 +29,12 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <tuple>
 
 #include "dce_loss/dce_loss.h"
 #include "dce_loss/grouped.h"
 
 namespace radd_fast::dce {
-
-namespace {
-bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; }
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> grouped_forward_backward(
     const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& target,

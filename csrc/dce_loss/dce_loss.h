@@ -131,6 +131,9 @@ inline int64_t chunk_rows_override() {
   const long long v = std::atoll(s);
   return v > 0 ? int64_t(v) : 0;
 }
+// Whether t's data starts on a 16-byte boundary (the CUDA kernels' vector loads need it).
+inline bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; }
+
 // The rows per chunk of a CUDA engine for N rows: `automatic`, or the override capped at N rounded
 // up to 128 -- more would only allocate workspace that no row uses (and grids past what a launch allows).
 inline int64_t cuda_chunk_rows(int64_t automatic, int64_t N) {
