@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
     profile = out / "profile.log"  # Nsight Compute CSV of bench/profile_cases.py
     if profile.exists():
         print_profile(profile.read_text(errors="replace").splitlines())
-    stalls_log = out / "stalls.log"  # ncu --page raw of the mma.sync attention kernels
+    stalls_log = out / "stalls.log"  # ncu --page raw of the attention kernels
     if stalls_log.exists():
         print_stalls(stalls_log.read_text(errors="replace").splitlines())
     groups: dict[str, list] = {}
