@@ -6,7 +6,8 @@
 # Budget: the stage caps add up to 565 s (build 75, info 5, errors 25, errors_variants 34 (only
 # after a crash), tests 60, bench 100, sampler 45, sampler_ref 60, memcheck 10, racecheck 33,
 # profile 12, stalls 10, train_profile 25, compile 37, wgmma 34), and a stage may use what the ones
-# before it left of theirs, so the run stays within that sum; run it under a 585 s limit. On an
+# before it left of theirs (up to its own cap again), so the run stays within that sum; run it under
+# a 585 s limit. On an
 # H200 with 16 cores (2026-11-30) the stages took
 # build 50-67 s, tests 45 s, bench 71 s, memcheck 7 s, racecheck 30 s, profile 10 s, compile 32 s,
 # wgmma 27 s.
@@ -28,19 +29,23 @@ status() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$out/stages.tsv"; }
 # A stage may run past its cap by what the stages before it left unused of theirs (and the caps of
 # stages that did not run): the run as a whole stays within the caps' sum, and a stage that runs
 # long because an earlier one ran short -- the reference sampler, ~5 s under its cap by estimate --
-# keeps its figures. A stage always gets at least its own cap.
+# keeps its figures. A stage always gets its own cap and borrows at most as much again, so one that
+# hangs (the training profile on a machine where CUDA failed: minutes on the CPU) leaves the rest of
+# the bank to the stages after it.
 bank=0
 stage() {  # stage NAME CAP_S CMD...
-  local name=$1 limit=$(( $2 + bank )); shift 2
-  local t0=$(date +%s)
+  local name=$1 cap=$2; shift 2
+  local borrow=$(( bank < cap ? bank : cap ))
+  local limit=$(( cap + borrow )) t0=$(date +%s)
   timeout --kill-after=5 "$limit" "$@" > "$out/$name.log" 2>&1
   local rc=$? used=$(( $(date +%s) - t0 ))
-  bank=$(( limit > used ? limit - used : 0 ))
+  bank=$(( bank - borrow + (limit > used ? limit - used : 0) ))
   status "$name" "$rc" "${used}s (limit ${limit}s)"
   echo "[gpu_check] $name: exit $rc in ${used}s (limit ${limit}s)"
   return $rc
 }
 unused() { bank=$(( bank + $1 )); }  # unused CAP_S: a stage that will not run
+lent() { echo $(( bank < $1 ? bank : $1 )); }  # lent CAP_S: what stage() will add to that cap
 
 { date -u +%FT%TZ; echo "${RADD_FAST_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "no git")}"; nvidia-smi -L 2>&1; } > "$out/machine.txt"
 sanitizer=$(command -v compute-sanitizer || true)
@@ -95,9 +100,9 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
   # in another, so a slow run costs only its own figures; their JSON files are merged.
   s=bench/test_sampler.py::test_sampler_cuda_small
   if want sampler; then
-    stage sampler 45 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo $(( 40 + bank ))) --benchmark-json="$out/sampler_fused.json" \
+    stage sampler 45 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo $(( 40 + $(lent 45) ))) --benchmark-json="$out/sampler_fused.json" \
       "$s[fused-4096]" "$s[fused-1024]"
-    stage sampler_ref 60 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo $(( 55 + bank ))) --benchmark-json="$out/sampler_ref.json" \
+    stage sampler_ref 60 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo $(( 55 + $(lent 60) ))) --benchmark-json="$out/sampler_ref.json" \
       "$s[reference-4096]"
     "$py" bench/summarize.py --merge "$out/bench_sampler.json" "$out/sampler_fused.json" "$out/sampler_ref.json"
     rm -f "$out/sampler_fused.json" "$out/sampler_ref.json"
@@ -144,7 +149,7 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
   # The training step's device time by kernel (torch.profiler; bench/profile_train.py).
   want profile && stage train_profile 25 "$py" bench/profile_train.py
   # The training step with torch.compile'd blocks (compiling takes most of the stage).
-  want compile && stage compile 37 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo $(( 35 + bank ))) \
+  want compile && stage compile 37 "$py" -m pytest -m cuda -q -p no:cacheprovider $(tmo $(( 35 + $(lent 37) ))) \
     --benchmark-json="$out/bench_compile.json" --benchmark-max-time=0.3 --benchmark-min-rounds=3 \
     "bench/test_train_step.py::test_train_step_compiled[cuda]"
   # The wgmma attention kernels' tests and benchmark rows (opt-in, never yet run on a GPU): last and
@@ -157,7 +162,7 @@ if stage build 75 "$py" setup.py build_ext --inplace; then
     rm -rf "$bin"
     "$2" -m pytest -m "cuda and wgmma" -q -rfE -p no:cacheprovider --import-mode=importlib $3 \
       --benchmark-json="$1/bench_wgmma.json" --benchmark-max-time=0.3 --benchmark-min-rounds=3 \
-      tests/test_attention.py bench/test_attention.py' _ "$out" "$py" "$(tmo $(( 34 + bank )))"
+      tests/test_attention.py bench/test_attention.py' _ "$out" "$py" "$(tmo $(( 34 + $(lent 34) )))"
 else
   tail -40 "$out/build.log"
 fi

@@ -257,22 +257,26 @@ def test_stage_caps_fit_the_device_budget():
 
 def test_stages_borrow_what_earlier_stages_left(tmp_path):
     # gpu_check.sh's stage(): a stage's limit is its cap plus what the stages before it (and those
-    # that did not run) left unused, so the whole run stays within the caps' sum.
+    # that did not run) left unused, at most its cap again, so the whole run stays within the caps'
+    # sum and a stage that hangs cannot take what the stages after it may need.
     text = (ROOT / "bench" / "gpu_check.sh").read_text()
-    defs = re.search(r"^status\(\).*?^unused\(\)[^\n]*\n", text, re.S | re.M)
+    defs = re.search(r"^status\(\).*?^lent\(\)[^\n]*\n", text, re.S | re.M)
     assert defs, "gpu_check.sh's stage() changed shape"
     script = f"""out={tmp_path}; : > "$out/stages.tsv"
 {defs.group(0)}
-stage quick 4 sleep 0.1            # leaves ~4 s
-stage long 1 sleep 2.5 || exit 9   # 1 s cap, runs on what quick left
-unused 1
-stage spent 1 sleep 9              # 1 + the 1 s unused + the 2-3 s long left: cut
+stage quick 4 sleep 0.1              # leaves 3-4 s
+stage long 2 sleep 3 || exit 9       # 2 s cap + 2 borrowed: runs; 1-3 s stay in the bank
+unused 5                             # the bank now holds 6-8 s
+echo "lent=$(lent 1)"
+stage hang 1 sleep 9                 # 1 s cap + at most 1 s borrowed: cut at 2 s
 echo "rc=$? bank=$bank"
 """
     p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     rows = [line.split("\t") for line in (tmp_path / "stages.tsv").read_text().splitlines()]
-    assert [r[:2] for r in rows] == [["quick", "0"], ["long", "0"], ["spent", "124"]], rows
+    assert [r[:2] for r in rows] == [["quick", "0"], ["long", "0"], ["hang", "124"]], rows
     limits = [int(re.search(r"limit (\d+)s", r[2]).group(1)) for r in rows]
-    assert limits[0] == 4 and 4 <= limits[1] <= 5 and 3 <= limits[2] <= 5, limits
-    assert p.stdout.strip().endswith("rc=124 bank=0"), p.stdout
+    assert limits == [4, 4, 2], limits
+    assert "lent=1" in p.stdout, p.stdout
+    bank = int(re.search(r"rc=124 bank=(\d+)", p.stdout).group(1))
+    assert 5 <= bank <= 7, p.stdout  # the hang's cut left the rest of the bank standing
