@@ -201,7 +201,9 @@ def main(argv: list[str]) -> int:
     wgmma_log = out / "wgmma.log"  # the wgmma kernels' tests and benchmarks, in a process of their own
     if wgmma_log.exists():
         lines = wgmma_log.read_text(errors="replace").splitlines()
-        counts = next((line.strip("= ") for line in reversed(lines) if re.search(r"\d+ (passed|failed|error)", line)),
+        # pytest's last line; "skipped" / "deselected" alone: no wgmma test ran (not an sm_90 device)
+        tally = r"\d+ (passed|failed|errors?|skipped|deselected)\b|no tests ran"
+        counts = next((line.strip("= ") for line in reversed(lines) if re.search(tally, line)),
                       "no pytest summary (cut short?)")
         print(f"wgmma stage: {counts}")
         for line in lines:

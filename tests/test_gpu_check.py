@@ -186,6 +186,18 @@ def test_summary_of_an_error_stage_cut_short(tmp_path, capsys):
     assert "error paths: cut short during 'cpu rotary: qkv of rank 3'" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("last, shown", [
+    ("===== 8 skipped, 310 deselected in 1.50s =====", "wgmma stage: 8 skipped, 310 deselected in 1.50s"),
+    ("===== 310 deselected in 1.20s =====", "wgmma stage: 310 deselected in 1.20s"),
+    ("..F", "wgmma stage: no pytest summary (cut short?)"),
+])
+def test_summary_of_a_wgmma_stage_that_ran_no_test(tmp_path, capsys, last, shown):
+    # Off an sm_90 device every wgmma test is skipped: the summary says so rather than "cut short".
+    (tmp_path / "wgmma.log").write_text(f"wgmma layouts: could not run\n{last}\n")
+    assert load_bench_script("summarize").main(["summarize", str(tmp_path)]) == 0
+    assert shown in capsys.readouterr().out
+
+
 def test_error_paths_isolate_a_crash(monkeypatch, capfd):
     # A case that kills its process (here a null read) costs only its own verdict: the cases after
     # it run in a fresh child, and the verdict names the crash.
