@@ -39,11 +39,15 @@ def kernel_times(prof, cuda: bool) -> dict[str, list[float]]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=None, help="default: cuda (cpu must be asked for)")
     ap.add_argument("--small", action="store_true", help="the tiny model on 2 x 64 tokens (a smoke test)")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    if args.device is None and not torch.cuda.is_available():
+        # gpu_check.sh's profile stage on a machine whose CUDA failed would otherwise spend minutes
+        # profiling the `small` model on the CPU (461 s in a dry run) and learn nothing.
+        ap.error("no CUDA device; pass --device cpu to profile on the CPU (--small: in seconds)")
+    device = torch.device(args.device or "cuda")
     cuda = device.type == "cuda"
     name, batch, length = ("tiny", 2, 64) if args.small else ("small", 32, 1024)
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import radd_fast
 
@@ -66,6 +67,13 @@ def test_profile_train_runs_small_on_the_cpu(capsys):
     out = capsys.readouterr().out
     assert re.search(r"training step `tiny` B 2 x L 64, 2 steps: [\d.]+ ms of CPU operators", out), out
     assert re.search(r"^ +[\d.]+ % +[\d.]+ ms/step .* aten::mm$", out, re.M), out
+
+
+def test_profile_train_without_cuda_asks_for_the_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        load_bench_script("profile_train").main([])
+    assert e.value.code == 2 and "no CUDA device; pass --device cpu" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not radd_fast._extension.AVAILABLE, reason="needs the compiled extension")
