@@ -228,11 +228,13 @@ def main(argv: list[str]) -> int:
     groups: dict[str, list] = {}
     for name in ("bench.json", "bench_sampler.json", "bench_compile.json", "bench_wgmma.json"):  # stages of their own
         bj = out / name
-        if bj.exists() and bj.stat().st_size:  # empty when its stage was cut short before pytest wrote it
+        # Empty when no benchmark of the stage ran: cut short before pytest wrote the file, or every
+        # case skipped (no CUDA device: pytest-benchmark then writes none).
+        if bj.exists() and bj.stat().st_size:
             for b in json.loads(bj.read_text())["benchmarks"]:
                 groups.setdefault(b["group"], []).append(b)
         elif bj.exists():
-            print(f"{name}: empty (stage cut short)")
+            print(f"{name}: empty (no benchmark ran: stage cut short, or every case skipped)")
     if groups:
         print(f"{'benchmark group':<44} {'impl':<16} {'mean ms':>9} {'rate':>16} {'vs base':>7} {'peak MB':>9}")
         for g, rows in groups.items():

@@ -199,11 +199,15 @@ def test_summary_of_an_error_stage_cut_short(tmp_path, capsys):
     ("===== 310 deselected in 1.20s =====", "wgmma stage: 310 deselected in 1.20s"),
     ("..F", "wgmma stage: no pytest summary (cut short?)"),
 ])
-def test_summary_of_a_wgmma_stage_that_ran_no_test(tmp_path, capsys, last, shown):
-    # Off an sm_90 device every wgmma test is skipped: the summary says so rather than "cut short".
+def test_summary_of_stages_that_ran_no_test(tmp_path, capsys, last, shown):
+    # Off an sm_90 device every wgmma test is skipped: the summary says so rather than "cut short";
+    # a benchmark stage whose cases were all skipped writes no JSON (the merge leaves it empty).
     (tmp_path / "wgmma.log").write_text(f"wgmma layouts: could not run\n{last}\n")
+    (tmp_path / "bench_sampler.json").write_text("")
     assert load_bench_script("summarize").main(["summarize", str(tmp_path)]) == 0
-    assert shown in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert shown in out
+    assert "bench_sampler.json: empty (no benchmark ran: stage cut short, or every case skipped)" in out
 
 
 def test_error_paths_isolate_a_crash(monkeypatch, capfd):
