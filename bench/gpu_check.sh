@@ -7,10 +7,8 @@
 # after a crash), tests 60, bench 100, sampler 45, sampler_ref 60, memcheck 10, racecheck 33,
 # profile 12, stalls 10, train_profile 25, compile 37, wgmma 34), and a stage may use what the ones
 # before it left of theirs (up to its own cap again), so the run stays within that sum; run it under
-# a 585 s limit. On an
-# H200 with 16 cores (2026-11-30) the stages took
-# build 50-67 s, tests 45 s, bench 71 s, memcheck 7 s, racecheck 30 s, profile 10 s, compile 32 s,
-# wgmma 27 s.
+# a 585 s limit. On an H200 with 16 cores (2026-11-30) the stages took build 50-67 s, tests 45 s,
+# bench 71 s, memcheck 7 s, racecheck 30 s, profile 10 s, compile 32 s, wgmma 27 s.
 #   RADD_FAST_STAGES=errors,tests (say) reruns only those stages after the build;
 #   RADD_FAST_HOST_CXX=/usr/bin/g++ builds with that host compiler instead of $CXX.
 # Results: 8 files (machine.txt, stages.tsv, tests.xml, bench.json, bench_sampler.json,
@@ -35,7 +33,7 @@ status() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$out/stages.tsv"; }
 bank=0
 stage() {  # stage NAME CAP_S CMD...
   local name=$1 cap=$2; shift 2
-  local borrow=$(( bank < cap ? bank : cap ))
+  local borrow=$(lent "$cap")
   local limit=$(( cap + borrow )) t0=$(date +%s)
   timeout --kill-after=5 "$limit" "$@" > "$out/$name.log" 2>&1
   local rc=$? used=$(( $(date +%s) - t0 ))
