@@ -3,9 +3,71 @@ fake (meta) kernels reject bad input with the same messages as the compiled kern
 
 from __future__ import annotations
 
+import numbers
+import operator
+import types
+import typing
 from collections.abc import Iterable
 
 import torch
+
+
+# ------------------------------------------------------------------------------------------- scalars
+# Python scalars are checked here, before they reach a kernel's schema (whose own message is a
+# RuntimeError about the "Declaration") or a torch call that names a different argument. `where` is
+# the message's prefix: "radd_fast.sample_rows", "sampling", "TrainConfig", ...
+def as_int(value, where: str, name: str, *, lo: int | None = None) -> int:
+    """`value` as a Python int (ints and integer scalars of numpy / torch; never bool or float)."""
+    if isinstance(value, torch.SymInt):  # a dynamic size under torch.compile: left to the op's schema
+        return value
+    try:
+        if isinstance(value, (bool, float)):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{where}: '{name}' must be an integer, got {type(value).__name__} {value!r}") from None
+    if lo is not None and v < lo:
+        raise ValueError(f"{where}: '{name}' must be >= {lo}, got {v}")
+    return v
+
+
+def as_real(value, where: str, name: str) -> float:
+    """`value` as a Python float (ints and floats, numpy's too; never bool, str or a tensor)."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):  # symbolic under torch.compile
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: '{name}' must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def as_bool(value, where: str, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: '{name}' must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_field_types(obj, where: str) -> None:
+    """Every field of the dataclass `obj` against its annotation: int, float (an int is accepted),
+    bool, str, dict, and `X | None` of those. A config read from JSON or built by hand with a wrong
+    type fails here, by name, instead of deep inside training or a kernel."""
+    import dataclasses
+
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        t, value = hints[f.name], getattr(obj, f.name)
+        args = typing.get_args(t)
+        if typing.get_origin(t) in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                continue
+            t = next(a for a in args if a is not type(None))
+        if t is int:
+            as_int(value, where, f.name)
+        elif t is float:
+            as_real(value, where, f.name)
+        elif t is bool:
+            as_bool(value, where, f.name)
+        elif t in (str, dict) and not isinstance(value, t):
+            raise TypeError(f"{where}: '{f.name}' must be a {t.__name__}, got {type(value).__name__} {value!r}")
 
 
 def check_tensor(t, op: str, name: str) -> None:

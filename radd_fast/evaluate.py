@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from . import losses as L
+from ._checks import as_int
 from .benchmarks import benchmark_chunks
 from .model import RADD
 from .tokenizers import get_tokenizer
@@ -209,6 +210,10 @@ def evaluate(model: RADD, data: str | torch.Tensor = "wikitext2", *, mode: str =
     .txt/.jsonl path, or a prepared (n, length) tensor of chunks."""
     if mode not in MODES:
         raise ValueError(f"evaluate: 'mode' must be one of {', '.join(MODES)}, got {mode!r}")
+    for value, name, lo in ((mc_samples, "mc_samples", 1), (batch_size, "batch_size", 1), (length, "length", None),
+                            (seed, "seed", None), (max_chunks, "max_chunks", 1)):
+        if value is not None or name in ("mc_samples", "batch_size", "seed"):
+            as_int(value, "evaluate", name, lo=lo)
     length = length or model.config.max_length
     if length < 1 or length > model.config.max_length:
         raise ValueError(f"evaluate: 'length' must be in [1, {model.config.max_length}] (the model's length), got {length}")

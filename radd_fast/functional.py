@@ -49,6 +49,9 @@ def rotary_tables(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin tables (seq_len, head_dim // 2) for `rotary`; fp32 as in the reference network
     (use dtype=torch.float64 with float64 activations)."""
+    seq_len = _checks.as_int(seq_len, "radd_fast.rotary_tables", "seq_len")
+    head_dim = _checks.as_int(head_dim, "radd_fast.rotary_tables", "head_dim")
+    base = _checks.as_real(base, "radd_fast.rotary_tables", "base")
     return reference.rotary_tables(seq_len, head_dim, base, device=device, dtype=dtype, inv_freq=inv_freq)
 
 
@@ -93,6 +96,8 @@ def rotary(
     """
     for t, name in ((qkv, "qkv"), (cos, "cos"), (sin, "sin")):
         _checks.check_tensor(t, "rotary", name)
+    inverse = _checks.as_bool(inverse, "radd_fast.rotary", "inverse")
+    inplace = _checks.as_bool(inplace, "radd_fast.rotary", "inplace")
     if not use_fused("rotary", impl, qkv.device):
         _checks.check_rotary(qkv, cos, sin, "rotary_" if inplace else "rotary")
         out = reference.rotary(qkv, cos, sin, inverse)
@@ -145,7 +150,15 @@ def masked_attention(
     for t, name in ((q, "q"), (k, "k"), (v, "v")):
         _checks.check_tensor(t, "masked_attention", name)
     _checks.check_dim(q, 4, "masked_attention", "q", "(B, L, heads, head_dim)")
-    if scale is None:
+    for t, name in ((key_padding_mask, "key_padding_mask"), (order, "order")):
+        if t is not None:
+            _checks.check_tensor(t, "masked_attention", name)
+    if impl not in IMPLS:
+        raise ValueError(f"radd_fast.masked_attention: 'impl' must be one of {', '.join(IMPLS)}, got {impl!r}")
+    strict = _checks.as_bool(strict, "radd_fast.masked_attention", "strict")
+    if scale is not None:
+        scale = _checks.as_real(scale, "radd_fast.masked_attention", "scale")
+    else:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
     scale = float(scale)
     # "auto" falls back to the reference for head dims the CUDA kernels are not compiled for;
@@ -298,7 +311,10 @@ def linear_dce_loss(
         _checks.check_tensor(bias, op, "bias")
     if reduction not in ("sum", "none"):
         raise ValueError(f"radd_fast.{op}: 'reduction' must be 'sum' or 'none', got {reduction!r}")
-    if num_classes is None:
+    validate = _checks.as_bool(validate, f"radd_fast.{op}", "validate")
+    if num_classes is not None:
+        num_classes = _checks.as_int(num_classes, f"radd_fast.{op}", "num_classes")
+    else:
         num_classes = weight.shape[0] - 1 if weight.dim() == 2 else 0
     dev = hidden.device.type
     if torch.is_autocast_enabled(dev) and hidden.dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -343,7 +359,8 @@ def reveal_schedule(masked: torch.Tensor, step_cdf: torch.Tensor, seed: int = 0,
         Round r reveals row_index[round_offsets[r]:round_offsets[r+1]] of the sequences perm[:A_r].
     """
     _checks.check_tensor(masked, "reveal_schedule", "masked")
-    seed = reference.seed64(seed)
+    seed = reference.seed64(_checks.as_int(seed, "radd_fast.reveal_schedule", "seed"))
+    offset = _checks.as_int(offset, "radd_fast.reveal_schedule", "offset")
     if not use_fused("reveal_schedule", impl, masked.device):
         _checks.check_reveal_schedule(masked, step_cdf, offset)
         return reference.reveal_schedule(masked, step_cdf, seed, offset)
@@ -367,8 +384,11 @@ def sample_rows(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """
     _checks.check_tensor(hidden, "sample_rows", "hidden")
     _checks.check_tensor(weight, "sample_rows", "weight")
-    V = weight.shape[0] - 1 if num_classes is None else num_classes
-    k, p, seed = top_k or 0, 1.0 if top_p is None else top_p, reference.seed64(seed)
+    temperature, k, p = _filter_scalars("sample_rows", temperature, top_k, top_p)
+    where = "radd_fast.sample_rows"
+    greedy = _checks.as_bool(greedy, where, "greedy")
+    seed, offset = reference.seed64(_checks.as_int(seed, where, "seed")), _checks.as_int(offset, where, "offset")
+    V = weight.shape[0] - 1 if num_classes is None else _checks.as_int(num_classes, where, "num_classes")
     if not use_fused("sample_rows", impl, hidden.device):
         _checks.check_sample_rows(hidden, weight, bias, V, temperature, k, p, offset)
         return reference.sample_rows(hidden, weight, bias, V, temperature, k, p, greedy, seed, offset)
@@ -380,8 +400,17 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     """logits / temperature where top-k then top-p keep them, -inf elsewhere (rows of a 2-D tensor),
     in the logits' dtype (float32 or float64); the sampler's filters, usable on their own."""
     _checks.check_tensor(logits, "filter_logits", "logits")
-    k, p = top_k or 0, 1.0 if top_p is None else top_p
+    temperature, k, p = _filter_scalars("filter_logits", temperature, top_k, top_p)
     if not use_fused("filter_logits", impl, logits.device):
         _checks.check_filter_logits(logits, temperature, k, p)
         return reference.filter_logits(logits, temperature, k or None, p).to(logits.dtype)
     return ops.filter_logits(logits, temperature, k, p)
+
+
+def _filter_scalars(op: str, temperature, top_k, top_p) -> tuple[float, int, float]:
+    """(temperature, top_k, top_p) as the kernels take them: top_k None -> 0 (off), top_p None -> 1."""
+    where = f"radd_fast.{op}"
+    temperature = _checks.as_real(temperature, where, "temperature")
+    k = 0 if top_k is None else _checks.as_int(top_k, where, "top_k")
+    p = 1.0 if top_p is None else _checks.as_real(top_p, where, "top_p")
+    return temperature, k, p

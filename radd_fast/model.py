@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import functional as RF
+from ._checks import check_field_types
 
 
 @dataclass
@@ -37,8 +38,13 @@ class RADDConfig:
     tokenizer: str = "gpt2"  # "gpt2" or "bytes"
 
     def __post_init__(self):
-        if self.vocab_size < 1:
-            raise ValueError(f"RADDConfig: vocab_size must be >= 1, got {self.vocab_size}")
+        check_field_types(self, "RADDConfig")
+        for name in ("vocab_size", "hidden_size", "n_heads", "n_blocks", "max_length", "mlp_ratio"):
+            lo = 0 if name == "n_blocks" else 1  # no blocks: embedding, final norm and output layer only
+            if getattr(self, name) < lo:
+                raise ValueError(f"RADDConfig: {name} must be >= {lo}, got {getattr(self, name)}")
+        if not self.rotary_base > 1.0:
+            raise ValueError(f"RADDConfig: rotary_base must be > 1, got {self.rotary_base}")
         if self.hidden_size % self.n_heads:
             raise ValueError(f"RADDConfig: hidden_size {self.hidden_size} is not divisible by n_heads {self.n_heads}")
         if (self.hidden_size // self.n_heads) % 2:

@@ -33,6 +33,7 @@ import torch
 
 from . import functional as RF
 from . import reference
+from ._checks import as_int, as_real
 from .checkpoint import EMA_WEIGHTS, load_pretrained
 from .model import RADD, autocast_dtype
 from .tokenizers import get_tokenizer
@@ -59,6 +60,12 @@ def check_sampling_args(steps: int, num_samples: int, length: int, temperature: 
                         method: str = "cached", greedy: bool = False) -> None:
     if method not in METHODS:
         raise ValueError(f"sampling: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
+    for value, name in ((steps, "steps"), (num_samples, "num_samples"), (length, "length"), (top_k, "top_k")):
+        if value is not None or name != "top_k":
+            as_int(value, "sampling", name)
+    as_real(temperature, "sampling", "temperature")
+    if top_p is not None:
+        as_real(top_p, "sampling", "top_p")
     if steps < 1:
         raise ValueError(f"sampling: 'steps' must be >= 1, got {steps}")
     if num_samples < 1:
@@ -251,6 +258,7 @@ def sample(model, num_samples: int, length: int, steps: int, *, prompt: list[int
     top_k = 1. `progress` shows a bar of the network rounds ("cached" and "confidence").
     """
     check_sampling_args(steps, num_samples, length, temperature, top_k, top_p, method, greedy)
+    as_int(seed, "sampling", "seed")
     device = model.output_weight.device
     if x_init is None:
         x_init = torch.full((num_samples, length), model.mask_id, dtype=torch.long, device=device)
@@ -292,8 +300,9 @@ def sample_records(ckpt, *, steps: int = 128, num_samples: int = 2, length: int 
     fp32 whatever the autocast (the final LayerNorm's output is fp32). `batch_size` bounds the
     sequences sampled at once (default: all); batch j uses seed `seed + j`, so samples are
     reproducible for a given seed and batch size."""
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"sampling: 'batch_size' must be >= 1, got {batch_size}")
+    if batch_size is not None:
+        as_int(batch_size, "sampling", "batch_size", lo=1)
+    as_int(seed, "sampling", "seed")
     model = load_for_inference(ckpt, device, weights)
     dev = model.output_weight.device
     amp = autocast_dtype(precision, dev, "sampling")

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from . import losses as L
 from .checkpoint import list_checkpoints, latest_valid_checkpoint, load_training_checkpoint, save_training_checkpoint
 from .data import WindowSampler, chunks, prepare_corpus
+from ._checks import check_field_types
 from .io import atomic_write, remove_stale_temps
 from .model import PRECISIONS, RADD, autocast_dtype, preset
 from .tokenizers import get_tokenizer
@@ -74,6 +75,7 @@ class TrainConfig:
     max_bad_steps: int = 10
 
     def __post_init__(self):
+        check_field_types(self, "TrainConfig")
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
@@ -87,6 +89,16 @@ class TrainConfig:
             (self.precision in PRECISIONS, "precision must be auto, fp32, bf16 or fp16"),
             (self.length is None or self.length >= 1, "length must be >= 1"),
             (self.max_bad_steps >= 0, "max_bad_steps must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]"),
+            (self.grad_clip > 0, "grad_clip must be > 0 (a clip of 0 zeroes every gradient)"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.eval_every >= 0, "eval_every must be >= 0 (0: no validation)"),
+            (self.eval_batches >= 1, "eval_batches must be >= 1"),
+            (self.save_every >= 0, "save_every must be >= 0 (0: only at the end)"),
+            (self.keep_checkpoints >= 0, "keep_checkpoints must be >= 0 (0: keep all)"),
+            (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
+            (self.stop_at is None or self.stop_at >= 1, "stop_at must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:
