@@ -13,6 +13,7 @@ from pathlib import Path
 from .checkpoint import save_pretrained
 from .data import chunks, prepare_corpus
 from .evaluate import evaluate
+from .model import preset
 from .sampling import sample
 from .tokenizers import ByteTokenizer
 from .train import TrainConfig, train
@@ -51,6 +52,12 @@ def plot_losses(metrics_path: Path, png: Path, length: int) -> Path | None:
 def run_demo(out: str = "runs/demo", minutes: float = 3.0, steps: int = 100_000, batch_size: int = 4, seed: int = 0,
              model_overrides: dict | None = None, progress: bool = True, sample_steps: int = 128) -> dict:
     out_dir = Path(out)
+    # The configuration first: bad arguments must fail before the previous run is replaced.
+    cfg = TrainConfig(out_dir=str(out_dir), model="tiny", model_overrides=model_overrides or {}, data="stdlib",
+                      batch_size=batch_size, steps=steps, max_minutes=minutes, lr=1e-3, warmup=50,
+                      schedule="constant", ema=0.99, eval_every=100, save_every=500, log_every=10, seed=seed,
+                      device="cpu", progress=progress)
+    preset("tiny", **cfg.model_overrides)  # an override's error, too
     # The demo replaces its own previous run (and only that: a folder without the demo's marker is refused).
     marker = out_dir / ".radd_fast_demo"
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -59,10 +66,6 @@ def run_demo(out: str = "runs/demo", minutes: float = 3.0, steps: int = 100_000,
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text("written by radd-fast demo; the next demo run replaces this folder\n")
-    cfg = TrainConfig(out_dir=str(out_dir), model="tiny", model_overrides=model_overrides or {}, data="stdlib",
-                      batch_size=batch_size, steps=steps, max_minutes=minutes, lr=1e-3, warmup=50,
-                      schedule="constant", ema=0.99, eval_every=100, save_every=500, log_every=10, seed=seed,
-                      device="cpu", progress=progress)
     print(f"training the tiny byte-level model on the embedded corpus for up to {minutes:g} min -> {out_dir}")
     res = train(cfg)
     model, ema = res["model"], res["ema"]

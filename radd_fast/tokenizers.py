@@ -18,6 +18,11 @@ GPT2_EOS = 50256
 GPT2_ENV = "RADD_FAST_GPT2_DIR"
 
 
+def _check_text(text, where: str) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"{where}: 'text' must be a str, got {type(text).__name__}")
+
+
 class ByteTokenizer:
     """UTF-8 bytes as tokens: V = 256, EOS = 0 (NUL, which text never contains), mask id 256."""
 
@@ -26,6 +31,7 @@ class ByteTokenizer:
     eos_id = 0
 
     def encode(self, text: str) -> list[int]:
+        _check_text(text, "ByteTokenizer.encode")
         return list(text.replace("\x00", "").encode("utf-8"))
 
     def decode(self, ids) -> str:
@@ -90,6 +96,7 @@ class GPT2Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         # Text that happens to contain "<|endoftext|>" is encoded as ordinary text, never as EOS.
+        _check_text(text, "GPT2Tokenizer.encode")
         return self._enc.encode_ordinary(text)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:

@@ -110,6 +110,8 @@ CASES = [
     ("tokenizer/unknown", lambda: get_tokenizer("sentencepiece"), ValueError, "unknown tokenizer"),
     ("tokenizer/files", lambda: GPT2Tokenizer("/nonexistent"), FileNotFoundError, "encoder.json"),
     ("tokenizer/decode", lambda: ByteTokenizer().decode([300]), ValueError, "token ids"),
+    ("tokenizer/encode-bytes", lambda: ByteTokenizer().encode(b"abc"), TypeError, "'text' must be a str"),
+    ("tokenizer/encode-none", lambda: GPT2Tokenizer(SHARED / "gpt2_tokenizer").encode(None), TypeError, "'text' must be a str"),
     ("train/batch", lambda: TrainConfig(batch_size=0), ValueError, "batch_size"),
     ("train/loss", lambda: TrainConfig(loss="mse"), ValueError, "loss"),
     ("train/precision", lambda: TrainConfig(precision="int8"), ValueError, "precision"),
@@ -166,6 +168,22 @@ def test_window_sampler_bad_input(tmp_path):
     count_case("bad input: functions")
     with pytest.raises(ValueError, match="length and batch_size"):
         WindowSampler(train, 0, 2)
+
+
+def test_demo_bad_arguments_keep_the_previous_run(tmp_path):
+    # The demo replaces its previous run; arguments that cannot run must fail before that.
+    from radd_fast.demo import run_demo
+
+    prev = tmp_path / "demo"
+    prev.mkdir()
+    (prev / ".radd_fast_demo").write_text("marker")
+    (prev / "samples.txt").write_text("the previous run")
+    for kw, msg in (({"minutes": -1.0}, "max_minutes must be > 0"), ({"model_overrides": {"n_heads": 3}}, "not divisible"),
+                    ({"batch_size": 0}, "batch_size must be >= 1")):
+        count_case("bad input: functions")
+        with pytest.raises(ValueError, match=msg):
+            run_demo(out=str(prev), progress=False, **kw)
+        assert (prev / "samples.txt").read_text() == "the previous run"
 
 
 CLI_CASES = [
