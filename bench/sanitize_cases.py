@@ -41,11 +41,12 @@ def wgmma_built(device) -> bool:
     return device == "cuda" and torch.cuda.get_device_capability() == (9, 0) and "9.0a" in arch
 
 
-def attention(device, dtype, D, masked, engine="auto", backward=None, key_tile="auto"):
+def attention(device, dtype, D, masked, engine="auto", backward=None, key_tile="auto", dq="auto"):
     # CUDA bf16 / fp16: the mma.sync or the wgmma kernels (forward `engine`, backward `backward`,
-    # default the same), on 64- or 128-key tiles (RADD_FAST_ATTENTION_KEY_TILE)
+    # default the same), on 64- or 128-key tiles (RADD_FAST_ATTENTION_KEY_TILE), dQ by atomics or
+    # bulk reductions (RADD_FAST_ATTENTION_DQ)
     settings = {"RADD_FAST_ATTENTION_FORWARD": engine, "RADD_FAST_ATTENTION_BACKWARD": backward or engine,
-                "RADD_FAST_ATTENTION_KEY_TILE": key_tile}
+                "RADD_FAST_ATTENTION_KEY_TILE": key_tile, "RADD_FAST_ATTENTION_DQ": dq}
     os.environ.update(settings)
     try:
         return _attention(device, dtype, D, masked)
@@ -178,6 +179,9 @@ def cases(device: str):
         for D, masked in ((64, True), (128, False)):  # the wgmma forward's 128-key steps, mma backward
             yield f"attention {bf16} D {D} {'masked' if masked else 'plain'} wgmma k128", bf16, \
                 lambda D=D, m=masked: attention(device, bf16, D, m, "wgmma", "mma", "128")
+        for keys in ("auto", "128"):  # the mma backward's bulk dQ reductions (sm_90), both key blocks
+            yield f"attention {bf16} D 64 masked dq-bulk keys {keys}", bf16, \
+                lambda k=keys: attention(device, bf16, 64, True, key_tile=k, dq="bulk")
 
 
 def main(argv=None) -> int:

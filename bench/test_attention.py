@@ -59,7 +59,8 @@ def run_case(bench, device, dtype, shape, kind, impl, pass_):
 
         def forward():
             return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
-    elif impl in ("fused", "fused-q64", "fused-k128", "fused-wgmma", "fused-wgmma-k128"):  # variants: the caller's env
+    elif impl in ("fused", "fused-q64", "fused-k128", "fused-wgmma", "fused-wgmma-k128", "fused-dq-bulk",
+                  "fused-k128-dq-bulk"):  # variants: the caller's env
         def forward():
             return radd_fast.masked_attention(q, k, v, pad, order, impl="fused")
     elif impl == "auto":  # what the model runs: on CUDA without a mask, SDPA on radd_fast's backend order
@@ -143,6 +144,19 @@ def test_attention_cuda_k128(bench, device, pass_, shape, monkeypatch):
     # per FLOP).
     monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", "128")
     run_case(bench, device, torch.bfloat16, shape, "bidirectional", "fused-k128", pass_)
+
+
+@pytest.mark.wgmma
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("key_tile", ["64", "128"])
+def test_attention_cuda_bulk_dq(bench, device, key_tile, monkeypatch):
+    # RADD_FAST_ATTENTION_DQ=bulk (sm_90, opt-in): the mma backward's dQ added by bulk reductions of a
+    # staging tile instead of 16-byte atomics, head_dim 64, in the backward group of the defaults.
+    skip_unless_wgmma(device, "bidirectional", CUDA_SHAPES[0])
+    monkeypatch.setenv("RADD_FAST_ATTENTION_DQ", "bulk")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", key_tile)
+    impl = "fused-dq-bulk" if key_tile == "64" else "fused-k128-dq-bulk"
+    run_case(bench, device, torch.bfloat16, CUDA_SHAPES[0], "bidirectional", impl, "bwd")
 
 
 def skip_unless_wgmma(device, kind, shape):

@@ -651,6 +651,66 @@ def test_cuda_wgmma_within_twice_torch_error(device, monkeypatch, dtype, D):
     check_within_twice_torch_error(device, dtype, "block", D)
 
 
+@pytest.mark.wgmma
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+@pytest.mark.parametrize("D", [32, 64])
+@pytest.mark.parametrize("key_tile", ["64", "128"])
+@pytest.mark.parametrize("dtype,pattern", [(torch.bfloat16, "none"), (torch.bfloat16, "causal"),
+                                           (torch.bfloat16, "any_order"), (torch.float16, "block")], ids=str)
+def test_cuda_bulk_dq(device, monkeypatch, D, key_tile, dtype, pattern):
+    # RADD_FAST_ATTENTION_DQ=bulk (sm_90, opt-in): the mma backward's dQ through a staging tile and
+    # bulk reductions, against float64 and against the atomics on the same inputs. L = 200: a last
+    # query tile with rows past L (they send nothing); padding leaves a sequence without keys.
+    B, L, H = 2, 200, 3
+    q, k, v = qkv(B, L, H, D, dtype, device)
+    order = make_order(pattern, B, L, device)
+    padm = make_pad(B, L, device, "empty_row")
+    monkeypatch.setenv("RADD_FAST_ATTENTION_KEY_TILE", key_tile)
+    out, lse = radd_fast.ops.masked_attention_fwd(q, k, v, padm, order, False, D ** -0.5)
+    grad = torch.randn_like(out)
+    monkeypatch.setenv("RADD_FAST_ATTENTION_DQ", "bulk")
+    bwd = lambda: radd_fast.ops.masked_attention_bwd(grad, q, k, v, out, lse, None, padm, order, False,  # noqa: E731
+                                                     D ** -0.5)
+    if not _wgmma_expected(device):
+        with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_DQ=bulk needs a compute capability 9.0"):
+            bwd()
+        return
+    got = bwd()
+    monkeypatch.setenv("RADD_FAST_ATTENTION_DQ", "atomic")
+    ref = bwd()
+    qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
+    want = torch.autograd.grad(R.masked_attention(qd, kd, vd, padm, order), (qd, kd, vd), grad.double())
+    for name, a, r, w in zip("qkv", got, ref, want):
+        assert torch.isfinite(a).all(), name
+        assert ((a.double() - w).norm() / w.norm()).item() < TOLERANCE[dtype], name
+        assert ((a.double() - r.double()).norm() / w.norm()).item() < TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
+def test_cuda_dq_setting_is_checked(device, monkeypatch):
+    # RADD_FAST_ATTENTION_DQ: a bad value, head_dim 128 and the wgmma backward are errors naming it.
+    q = torch.randn(1, 8, 2, 64, device=device, dtype=torch.bfloat16)
+    out, lse = radd_fast.ops.masked_attention_fwd(q, q, q, None, None, False, 0.125)
+    bwd = lambda t, o, s: radd_fast.ops.masked_attention_bwd(t, t, t, t, o, s, None, None, None, False, 0.125)  # noqa: E731
+    monkeypatch.setenv("RADD_FAST_ATTENTION_DQ", "tma")
+    with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_DQ must be 'auto', 'atomic' or 'bulk', got 'tma'"):
+        bwd(q, out, lse)
+    monkeypatch.setenv("RADD_FAST_ATTENTION_DQ", "bulk")
+    q128 = torch.randn(1, 8, 2, 128, device=device, dtype=torch.bfloat16)
+    out128, lse128 = radd_fast.ops.masked_attention_fwd(q128, q128, q128, None, None, False, 0.125)
+    with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_DQ=bulk runs at head_dim 32 and 64, got 128"):
+        bwd(q128, out128, lse128)
+    if _wgmma_expected(device):
+        monkeypatch.setenv("RADD_FAST_ATTENTION_BACKWARD", "wgmma")
+        with pytest.raises(ValueError, match="RADD_FAST_ATTENTION_DQ=bulk applies to the mma backward"):
+            bwd(q, out, lse)
+    # fp32 runs the FMA kernels, which keep their atomics: the setting does not apply, no error.
+    monkeypatch.delenv("RADD_FAST_ATTENTION_BACKWARD", raising=False)
+    q32 = q.float()
+    o32, l32 = radd_fast.ops.masked_attention_fwd(q32, q32, q32, None, None, False, 0.125)
+    assert all(torch.isfinite(t).all() for t in bwd(q32, o32, l32))
+
+
 @pytest.mark.parametrize("device", CUDA_ONLY, indirect=True)
 def test_cuda_forward_engine_setting_is_checked(device, monkeypatch):
     q = torch.randn(1, 8, 2, 64, device=device, dtype=torch.bfloat16)

@@ -252,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& grad_out, c
                                                    const c10::optional<at::Tensor>& grad_lse,
                                                    const c10::optional<at::Tensor>& key_padding_mask,
                                                    const c10::optional<at::Tensor>& order, bool strict, double scale,
-                                                   TcKernel kernel);
+                                                   TcKernel kernel, bool bulk_dq = false);
 }  // namespace cuda
 
 }  // namespace radd_fast::attention

@@ -186,8 +186,8 @@ at::Tensor compute_delta(const at::Tensor& grad_out, const at::Tensor& out, cons
 template <typename T>
 void bwd_mma(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
              const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& grad_lse,
-             const MaskParams& mp, double scale, TcKernel tc, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
-             cudaStream_t stream) {
+             const MaskParams& mp, double scale, TcKernel tc, bool bulk_dq, at::Tensor& dq, at::Tensor& dk,
+             at::Tensor& dv, cudaStream_t stream) {
   const int64_t B = q.size(0), L = q.size(1), H = q.size(2), D = q.size(3);
   const at::Tensor go = aligned16(grad_out), qa = aligned16(q), ka = aligned16(k), va = aligned16(v);
   const at::Tensor lse_c = lse.contiguous();
@@ -195,6 +195,8 @@ void bwd_mma(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& 
   at::Tensor dq_acc = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
   if (tc == TcKernel::kWgmma) {
     launch_bwd_wgmma(qa, ka, va, go, lse_c, delta, dk, dv, dq_acc, mp, scale);
+  } else if (bulk_dq) {
+    launch_bwd_mma_bulk(qa, ka, va, go, lse_c, delta, dk, dv, dq_acc, mp, scale, tc == TcKernel::kMma128);
   } else {
     auto launch = [&](auto d, auto kw) {
       constexpr int Dc = decltype(d)::value, KW = decltype(kw)::value;
@@ -249,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& grad_out, c
                                                    const c10::optional<at::Tensor>& grad_lse,
                                                    const c10::optional<at::Tensor>& key_padding_mask,
                                                    const c10::optional<at::Tensor>& order, bool strict, double scale,
-                                                   TcKernel kernel) {
+                                                   TcKernel kernel, bool bulk_dq) {
   const int64_t B = q.size(0), L = q.size(1);
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(q.sizes(), q.options());
@@ -261,10 +263,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& grad_out, c
   const DeviceMask mk = prepare_mask(key_padding_mask, order, strict, B, L, mma ? kMmaTile : kFmaTile, q, stream);
   switch (dt) {
     case at::kBFloat16:
-      bwd_mma<__nv_bfloat16>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, kernel, dq, dk, dv, stream);
+      bwd_mma<__nv_bfloat16>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, kernel, bulk_dq, dq, dk, dv,
+                             stream);
       break;
     case at::kHalf:
-      bwd_mma<__half>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, kernel, dq, dk, dv, stream);
+      bwd_mma<__half>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, kernel, bulk_dq, dq, dk, dv, stream);
       break;
     case at::kFloat: bwd_fma<float>(grad_out, q, k, v, out, lse, grad_lse, mk.params, scale, dq, dk, dv, stream); break;
     case at::kDouble:

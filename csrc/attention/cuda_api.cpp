@@ -93,6 +93,31 @@ std::string key_tile_setting(bool wgmma_backward, const char* op) {
   return tile;
 }
 
+// RADD_FAST_ATTENTION_DQ = auto | atomic | bulk, for the bf16 / fp16 mma backward: bulk stages each
+// dQ tile in shared memory and adds it to the fp32 accumulator with Hopper's bulk reductions
+// (kernels.cuh, BwdMmaSmem) instead of 16-byte atomics; head_dim 32 and 64 (at 128 its staging tile
+// would halve the blocks per SM), an sm_90 GPU running this build's sm_90a code. Opt-in (auto =
+// atomic) until a GPU run has measured it (the benchmark's `fused-dq-bulk` rows).
+bool bulk_dq(const at::Tensor& q, TcKernel kernel, const char* op) {
+  const char* env = std::getenv("RADD_FAST_ATTENTION_DQ");
+  const std::string mode = env && *env ? env : "auto";
+  TORCH_CHECK_VALUE(mode == "auto" || mode == "atomic" || mode == "bulk",
+                    msg("radd_fast.", op, ": RADD_FAST_ATTENTION_DQ must be 'auto', 'atomic' or 'bulk', got '", mode,
+                        "'"));
+  if (mode != "bulk" || !low_precision(q)) return false;  // the fp32 / fp64 kernels keep their atomics
+  TORCH_CHECK_VALUE(kernel == TcKernel::kMma64 || kernel == TcKernel::kMma128,
+                    msg("radd_fast.", op,
+                        ": RADD_FAST_ATTENTION_DQ=bulk applies to the mma backward; the wgmma backward "
+                        "(RADD_FAST_ATTENTION_BACKWARD=wgmma) adds dQ with atomics"));
+  TORCH_CHECK_VALUE(q.size(3) <= 64, msg("radd_fast.", op, ": RADD_FAST_ATTENTION_DQ=bulk runs at head_dim 32 and 64, got ",
+                                         q.size(3), " (unset it or set it to 'atomic')"));
+  TORCH_CHECK_VALUE(wgmma_available(q.get_device()),
+                    msg("radd_fast.", op,
+                        ": RADD_FAST_ATTENTION_DQ=bulk needs a compute capability 9.0 GPU (H100 / H200) and a build "
+                        "with sm_90a code (TORCH_CUDA_ARCH_LIST=9.0a); this device or build has none"));
+  return true;
+}
+
 TcKernel forward_kernel(const at::Tensor& q, const char* op) {
   if (!low_precision(q)) return TcKernel::kMma64;  // the FMA kernels have their own tiles
   const bool wgmma = use_wgmma(q, "RADD_FAST_ATTENTION_FORWARD", op);
@@ -144,7 +169,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd_cuda(const at::Tensor& grad_o
   const c10::cuda::CUDAGuard guard(q.device());
   const TcKernel kernel = backward_kernel(q, op);
   check_smem(q, /*backward=*/true, kernel, op);
-  return bwd(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, strict, scale, kernel);
+  // Its staging tile adds 10-18 KiB: at most 109 KiB in all, where sm_90 allows 227.
+  const bool bulk = bulk_dq(q, kernel, op);
+  return bwd(grad_out, q, k, v, out, lse, grad_lse, key_padding_mask, order, strict, scale, kernel, bulk);
 }
 
 }  // namespace

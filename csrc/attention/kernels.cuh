@@ -667,14 +667,25 @@ template <int D>
 constexpr int bwd_stages() {
   return D >= 128 ? 1 : 2;  // D = 128: one Q/dO buffer keeps shared memory at 80 KiB (2 CTAs / SM)
 }
-template <typename T, int D, int KW = kMmaWarps>
+// BULK (RADD_FAST_ATTENTION_DQ=bulk, sm_90): the dQ tile goes through an fp32 staging tile in
+// shared memory and out as one bulk reduction per warp and row (common/async_copy.cuh) instead of
+// 16-byte vector atomics from registers: per warp and query tile at head_dim 64, 16 requests of
+// 256 contiguous bytes (128 with 128-key blocks, whose warps split the columns) instead of 256
+// requests of 16 bytes, issued asynchronously (FlashAttention-3 also adds its dQ tiles with bulk
+// asynchronous reductions).
+template <typename T, int D, int KW = kMmaWarps, bool BULK = false>
 struct BwdMmaSmem {
   static constexpr int kKeys = 16 * KW;
   static constexpr int kTileElems = kMmaTile * smem_ld<D>();  // one Q or dO tile
   static constexpr int kDsLd = kMmaTile + 8;  // dS^T tile [key][query], padded like the others
-  static constexpr size_t kBytes = sizeof(T) * (2 * kKeys * smem_ld<D>() + 2 * bwd_stages<D>() * kTileElems +
-                                                kKeys * kDsLd) +
-                                   sizeof(float) * 2 * 2 * kMmaTile;
+  static constexpr size_t kBaseBytes = sizeof(T) * (2 * kKeys * smem_ld<D>() + 2 * bwd_stages<D>() * kTileElems +
+                                                    kKeys * kDsLd) +
+                                       sizeof(float) * 2 * 2 * kMmaTile;
+  // The staging tile [query][d], rows D + 8 floats: a row start 16-byte aligned (bulk copies), and
+  // the 8-byte stores of a half-warp (rows g = 0..3, columns 2 t4) land in 16 distinct bank pairs.
+  static constexpr int kStageLd = D + 8;
+  static constexpr size_t kStageOffset = (kBaseBytes + 15) / 16 * 16;
+  static constexpr size_t kBytes = BULK ? kStageOffset + sizeof(float) * kMmaTile * kStageLd : kBaseBytes;
 };
 
 // The backward's per-row inputs of query rows q0 .. q0 + 63 into shared memory, one thread per
@@ -735,7 +746,7 @@ __device__ __forceinline__ void bwd_store_keys(const float (&dkacc)[D / 8][4], c
   }
 }
 
-template <typename T, int D, int KW = kMmaWarps>
+template <typename T, int D, int KW = kMmaWarps, bool BULK = false>
 __global__ void __launch_bounds__(KW * 32) bwd_mma_kernel(Rows<T> Q, Rows<T> K, Rows<T> V, Rows<T> dO,
                                                           const float* __restrict__ lse,
                                                           const float* __restrict__ delta, T* __restrict__ dk,
@@ -743,7 +754,7 @@ __global__ void __launch_bounds__(KW * 32) bwd_mma_kernel(Rows<T> Q, Rows<T> K, 
                                                           MaskParams mp, int64_t H, float scale, float scale_log2) {
   static_assert(KW == 4 || KW == 8, "64 or 128 keys per CTA");
   using M = MmaType<T>;
-  using S = BwdMmaSmem<T, D, KW>;
+  using S = BwdMmaSmem<T, D, KW, BULK>;
   constexpr int LD = smem_ld<D>(), KS = D / 16, ND = D / 8, STAGES = bwd_stages<D>();
   constexpr int THREADS = KW * 32, KEYS = S::kKeys, KT64 = KW / 4;  // KT64: 64-key stats tiles per CTA
   RADD_DYNAMIC_SMEM(smem_raw);
@@ -754,6 +765,7 @@ __global__ void __launch_bounds__(KW * 32) bwd_mma_kernel(Rows<T> Q, Rows<T> K, 
   T* dSs = dOs + STAGES * S::kTileElems;  // [KEYS][kDsLd]
   float* lse_s = reinterpret_cast<float*>(dSs + KEYS * S::kDsLd);  // [2][64], base-2 backward offsets
   float* delta_s = lse_s + 2 * kMmaTile;                            // [2][64]
+  float* dq_stage = reinterpret_cast<float*>(smem_raw + S::kStageOffset);  // BULK: [64][kStageLd]
 
   const int64_t L = mp.L, n_t = (L + kMmaTile - 1) / kMmaTile, n_c = (L + KEYS - 1) / KEYS;
   const int64_t ct = blockIdx.x % n_c, bh = blockIdx.x / n_c, b = bh / H, h = bh % H;
@@ -922,6 +934,12 @@ __global__ void __launch_bounds__(KW * 32) bwd_mma_kernel(Rows<T> Q, Rows<T> K, 
       constexpr int kChunk = NDW < 8 ? NDW : 8;
       const int wq = warp % 4, nw0 = (warp / 4) * NDW;
       const int64_t qrow[2] = {q0 + wq * 16 + g, q0 + wq * 16 + g + 8};
+      // BULK: this warp's piece of the staging tile (rows 16 wq .., columns 8 nw0 ..) is its own;
+      // the engine must have read the previous query tile's piece before it is overwritten.
+      if constexpr (BULK) {
+        gpu::bulk_wait_read<0>();
+        __syncwarp();
+      }
 #pragma unroll
       for (int n0 = nw0; n0 < nw0 + NDW; n0 += kChunk) {
         float dq[kChunk][4];
@@ -940,19 +958,40 @@ __global__ void __launch_bounds__(KW * 32) bwd_mma_kernel(Rows<T> Q, Rows<T> K, 
             M::mma(dq[i + 1], a, bk[2], bk[3]);
           }
         }
-        // Rows past L add nothing (their pointers are those of row 0: never dereferenced).
-        float* dst_g = dq_acc + ((b * L + (qrow[0] < L ? qrow[0] : 0)) * H + h) * D + 2 * t4;
-        float* dst_g8 = dq_acc + ((b * L + (qrow[1] < L ? qrow[1] : 0)) * H + h) * D + 2 * t4;
+        if constexpr (BULK) {
+          float* st = dq_stage + (wq * 16 + g) * S::kStageLd + 2 * t4;
 #pragma unroll
-        for (int i = 0; i < kChunk; ++i)
-          dq_atomic_add(dst_g + (n0 + i) * 8, dst_g8 + (n0 + i) * 8, qrow[0] < L, qrow[1] < L, t4, dq[i][0], dq[i][1],
-                        dq[i][2], dq[i][3]);
+          for (int i = 0; i < kChunk; ++i) {
+            st[(n0 + i) * 8] = dq[i][0], st[(n0 + i) * 8 + 1] = dq[i][1];
+            st[8 * S::kStageLd + (n0 + i) * 8] = dq[i][2], st[8 * S::kStageLd + (n0 + i) * 8 + 1] = dq[i][3];
+          }
+        } else {
+          // Rows past L add nothing (their pointers are those of row 0: never dereferenced).
+          float* dst_g = dq_acc + ((b * L + (qrow[0] < L ? qrow[0] : 0)) * H + h) * D + 2 * t4;
+          float* dst_g8 = dq_acc + ((b * L + (qrow[1] < L ? qrow[1] : 0)) * H + h) * D + 2 * t4;
+#pragma unroll
+          for (int i = 0; i < kChunk; ++i)
+            dq_atomic_add(dst_g + (n0 + i) * 8, dst_g8 + (n0 + i) * 8, qrow[0] < L, qrow[1] < L, t4, dq[i][0],
+                          dq[i][1], dq[i][2], dq[i][3]);
+        }
+      }
+      if constexpr (BULK) {
+        // Lane r < 16 sends row 16 wq + r of the piece (NDW * 8 floats, 16-byte aligned at both
+        // ends: D and the row strides are multiples of 4 floats); rows past L send nothing.
+        gpu::fence_proxy_async_smem_writes();
+        __syncwarp();
+        const int64_t r = q0 + wq * 16 + lane;
+        if (lane < 16 && r < L)
+          gpu::bulk_reduce_add_f32(dq_acc + ((b * L + r) * H + h) * D + nw0 * 8,
+                                   dq_stage + (wq * 16 + lane) * S::kStageLd + nw0 * 8, NDW * 8 * sizeof(float));
+        gpu::bulk_commit();
       }
     }
     qt = nxt;
     if constexpr (STAGES == 2) buf ^= 1;
   }
   cp_async_wait<0>();
+  if constexpr (BULK) gpu::bulk_wait<0>();  // the staging tile stays until the engine is done with it
   bwd_store_keys<M, T, D>(dkacc, dvacc, dk, dv, key, b, h, H, L, t4);
 }
 

@@ -1,5 +1,5 @@
-// Launch helpers shared by the attention's CUDA translation units (cuda.cu, cuda_wgmma.cu), and the
-// launchers of the sm_90a kernels that cuda_wgmma.cu compiles on its own (in parallel with cuda.cu).
+// Launch helpers shared by the attention's CUDA translation units (cuda.cu, cuda_wgmma.cu,
+// cuda_bulk_dq.cu), and the launchers that those two compile on their own (in parallel with cuda.cu).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -47,5 +47,11 @@ void launch_fwd_wgmma(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 void launch_bwd_wgmma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& grad_out,
                       const at::Tensor& lse, const at::Tensor& delta, at::Tensor& dk, at::Tensor& dv,
                       at::Tensor& dq_acc, const MaskParams& mp, double scale);
+
+// cuda_bulk_dq.cu: the mma backward with bulk dQ reductions (RADD_FAST_ATTENTION_DQ=bulk), bf16 /
+// fp16 at head_dim 32 or 64 on sm_90; keys128: 128-key blocks (TcKernel::kMma128).
+void launch_bwd_mma_bulk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& grad_out,
+                         const at::Tensor& lse, const at::Tensor& delta, at::Tensor& dk, at::Tensor& dv,
+                         at::Tensor& dq_acc, const MaskParams& mp, double scale, bool keys128);
 
 }  // namespace radd_fast::attention::cuda

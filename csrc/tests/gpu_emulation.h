@@ -68,6 +68,13 @@ struct WgmmaOp {
   bool scale_d;          // false: D = A B, the old accumulators ignored
 };
 
+// One thread's cp.reduce.async.bulk (add.f32): the source as it was at the issue.
+struct BulkOp {
+  float* dst;
+  const float* src;
+  std::vector<float> snapshot;
+};
+
 struct ThreadState {
   std::barrier<>* barrier = nullptr;
   std::barrier<>* warp_barrier = nullptr;
@@ -81,6 +88,8 @@ struct ThreadState {
   const void** warpgroup_slots = nullptr;       // 128 exchange slots of the warpgroup (wgmma)
   std::vector<WgmmaOp> wg_open;                        // wgmma issued since the last commit
   std::vector<std::vector<WgmmaOp>> wg_groups;         // committed, oldest first, not yet run
+  std::vector<BulkOp> bulk_open;                       // bulk reductions issued since the last commit
+  std::vector<std::vector<BulkOp>> bulk_groups;        // committed, oldest first, not yet done
 };
 constexpr int kWords = 8;
 
@@ -124,7 +133,7 @@ void launch(EmuDim3 grid, unsigned threads, size_t smem_bytes, Kernel kernel) {
             kernel();
             // A thread that exits with copies or wgmma in flight would be a kernel bug: none may remain.
             if (!state.open.empty() || !state.groups.empty() || !state.stores.empty() || !state.wg_open.empty() ||
-                !state.wg_groups.empty())
+                !state.wg_groups.empty() || !state.bulk_open.empty() || !state.bulk_groups.empty())
               std::abort();
           });
         for (auto& th : pool) th.join();
@@ -468,3 +477,37 @@ inline void cp_async_wait() {
 namespace radd_fast::dce::gpu {
 inline unsigned char* gemm_smem() { return radd_fast::emu::state.smem; }
 }  // namespace radd_fast::dce::gpu
+
+// cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 and its groups (common/async_copy.cuh).
+// The engine may read the source at any moment between the issue and the wait that covers it, so
+// the source must not change in between: it is copied at the issue and compared when the wait
+// retires the group -- a write after the issue (a missing barrier before it) or before the wait (a
+// missing wait) aborts -- and only then added to the destination. A thread may not exit with
+// reductions in flight (launch checks).
+namespace radd_fast::gpu {
+inline void bulk_reduce_add_f32(float* dst, const float* src, uint32_t bytes) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16 || bytes % 16 || !bytes)
+    std::abort();
+  emu::state.bulk_open.push_back({dst, src, std::vector<float>(src, src + bytes / 4)});
+}
+inline void bulk_commit() {
+  emu::state.bulk_groups.push_back(std::move(emu::state.bulk_open));
+  emu::state.bulk_open.clear();
+}
+template <int N>
+inline void bulk_wait() {
+  auto& g = emu::state.bulk_groups;
+  while (g.size() > size_t(N)) {
+    for (const auto& op : g.front()) {
+      if (std::memcmp(op.src, op.snapshot.data(), op.snapshot.size() * sizeof(float)) != 0) std::abort();
+      for (size_t i = 0; i < op.snapshot.size(); ++i) atomicAdd(op.dst + i, op.snapshot[i]);
+    }
+    g.erase(g.begin());
+  }
+}
+template <int N>
+inline void bulk_wait_read() {
+  bulk_wait<N>();  // the emulation completes a group's additions when its reads are done
+}
+inline void fence_proxy_async_smem_writes() {}
+}  // namespace radd_fast::gpu

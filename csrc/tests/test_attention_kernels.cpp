@@ -96,7 +96,7 @@ double rel_err(const std::vector<G>& got, const std::vector<double>& want) {
 
 // MT: m-tiles per warp of the bf16 mma.sync forward (64 MT queries per block); MT = 0: the
 // sm_90a wgmma forward (64 or 128 queries per block, by head_dim) and backward.
-template <typename T, int D, int MT = 1, int KW = 4>
+template <typename T, int D, int MT = 1, int KW = 4, bool BULK = false>
 void run_case(const Case& c, unsigned seed) {
   constexpr bool kMma = std::is_same_v<T, EmuBf16>;
   using Lse = std::conditional_t<kMma, float, T>;  // the kernels' lse / delta type
@@ -216,9 +216,9 @@ void run_case(const Case& c, unsigned seed) {
     });
   } else if constexpr (kMma) {
     const unsigned bwd_grid = unsigned(B * H * ((L + 16 * KW - 1) / (16 * KW)));
-    launch(EmuDim3{bwd_grid, 1, 1}, 32 * KW, cu::BwdMmaSmem<T, D, KW>::kBytes, [&] {
-      cu::bwd_mma_kernel<T, D, KW>(Q, K, V, dO, lse.data(), delta.data(), dk.data(), dv.data(), dq.data(), mp, H,
-                                   scale_f, scale_f * cu::kLog2e);
+    launch(EmuDim3{bwd_grid, 1, 1}, 32 * KW, cu::BwdMmaSmem<T, D, KW, BULK>::kBytes, [&] {
+      cu::bwd_mma_kernel<T, D, KW, BULK>(Q, K, V, dO, lse.data(), delta.data(), dk.data(), dv.data(), dq.data(), mp,
+                                         H, scale_f, scale_f * cu::kLog2e);
     });
   } else {
     launch(EmuDim3{grid, 1, 1}, cu::fma_threads<D>(), cu::BwdFmaSmem<T, D>::kBytes, [&] {
@@ -230,9 +230,9 @@ void run_case(const Case& c, unsigned seed) {
   // bf16: outputs are rounded to bf16 and P, dS pass through bf16 on their way into the tensor
   // cores (2^-9 relative each); a misplaced fragment is off by O(1).
   const double tol = kMma ? 3e-2 : std::is_same_v<T, float> ? 2e-5 : 1e-12;
-  char what[160];
-  std::snprintf(what, sizeof what, "%s D=%d%s B=%d H=%d L=%d mask=%s strict=%d packed=%d scale=%.3g q*%g",
-                kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 0 ? (KW == 8 ? " wgmma k128" : " wgmma") : KW == 8 ? (MT == 2 ? " q128 k128" : " q64 k128") : MT == 2 ? " q128" : " q64") : "", B, H, L,
+  char what[176];
+  std::snprintf(what, sizeof what, "%s D=%d%s%s B=%d H=%d L=%d mask=%s strict=%d packed=%d scale=%.3g q*%g",
+                kMma ? "bf16" : sizeof(T) == 4 ? "fp32" : "fp64", D, kMma ? (MT == 0 ? (KW == 8 ? " wgmma k128" : " wgmma") : KW == 8 ? (MT == 2 ? " q128 k128" : " q64 k128") : MT == 2 ? " q128" : " q64") : "", BULK ? " dq-bulk" : "", B, H, L,
                 c.mask.c_str(), int(c.strict), int(c.packed), scale, c.q_mul);
   double lse_err = 0;
   for (size_t i = 0; i < lse.size(); ++i) {
@@ -258,9 +258,9 @@ void run_case(const Case& c, unsigned seed) {
   std::printf("%-70s out %.1e lse %.1e dq %.1e dk %.1e dv %.1e\n", what, e_o, lse_err, e_q, e_k, e_v);
 }
 
-template <typename T, int D, int MT = 1, int KW = 4>
+template <typename T, int D, int MT = 1, int KW = 4, bool BULK = false>
 void run_all(const std::vector<Case>& cases, unsigned seed) {
-  for (const Case& c : cases) run_case<T, D, MT, KW>(c, seed++);
+  for (const Case& c : cases) run_case<T, D, MT, KW, BULK>(c, seed++);
 }
 
 }  // namespace
@@ -306,6 +306,13 @@ int main() {
   run_all<EmuBf16, 64, 1, 8>(mma_cases, 1000);
   run_all<EmuBf16, 32, 1, 8>(small, 1100);
   run_all<EmuBf16, 128, 1, 8>(small, 1200);
+  // RADD_FAST_ATTENTION_DQ=bulk: dQ through the staging tile and bulk reductions, both key blocks,
+  // head_dim 32 and 64 (where it runs). L 130: rows past L in the last query tile send nothing;
+  // 256 causal: query tiles some warps' keys do not see.
+  run_all<EmuBf16, 64, 2, 4, true>(mma_cases, 1600);
+  run_all<EmuBf16, 64, 1, 8, true>(mma_cases, 1700);
+  run_all<EmuBf16, 32, 2, 4, true>(small, 1800);
+  run_all<EmuBf16, 32, 1, 8, true>(small, 1900);
   // The sm_90a wgmma forward and backward (RADD_FAST_ATTENTION_FORWARD / _BACKWARD=wgmma), every
   // head_dim.
   run_all<EmuBf16, 64, 0>(mma_cases, 700);
