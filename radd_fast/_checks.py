@@ -3,6 +3,7 @@ fake (meta) kernels reject bad input with the same messages as the compiled kern
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import operator
 import types
@@ -50,8 +51,6 @@ def check_field_types(obj, where: str) -> None:
     """Every field of the dataclass `obj` against its annotation: int, float (an int is accepted),
     bool, str, dict, and `X | None` of those. A config read from JSON or built by hand with a wrong
     type fails here, by name, instead of deep inside training or a kernel."""
-    import dataclasses
-
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         t, value = hints[f.name], getattr(obj, f.name)

@@ -210,10 +210,13 @@ def evaluate(model: RADD, data: str | torch.Tensor = "wikitext2", *, mode: str =
     .txt/.jsonl path, or a prepared (n, length) tensor of chunks."""
     if mode not in MODES:
         raise ValueError(f"evaluate: 'mode' must be one of {', '.join(MODES)}, got {mode!r}")
-    for value, name, lo in ((mc_samples, "mc_samples", 1), (batch_size, "batch_size", 1), (length, "length", None),
-                            (seed, "seed", None), (max_chunks, "max_chunks", 1)):
-        if value is not None or name in ("mc_samples", "batch_size", "seed"):
-            as_int(value, "evaluate", name, lo=lo)
+    as_int(mc_samples, "evaluate", "mc_samples", lo=1)
+    as_int(batch_size, "evaluate", "batch_size", lo=1)
+    as_int(seed, "evaluate", "seed")
+    if length is not None:
+        as_int(length, "evaluate", "length")
+    if max_chunks is not None:
+        as_int(max_chunks, "evaluate", "max_chunks", lo=1)
     length = length or model.config.max_length
     if length < 1 or length > model.config.max_length:
         raise ValueError(f"evaluate: 'length' must be in [1, {model.config.max_length}] (the model's length), got {length}")

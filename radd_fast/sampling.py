@@ -60,9 +60,10 @@ def check_sampling_args(steps: int, num_samples: int, length: int, temperature: 
                         method: str = "cached", greedy: bool = False) -> None:
     if method not in METHODS:
         raise ValueError(f"sampling: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
-    for value, name in ((steps, "steps"), (num_samples, "num_samples"), (length, "length"), (top_k, "top_k")):
-        if value is not None or name != "top_k":
-            as_int(value, "sampling", name)
+    for value, name in ((steps, "steps"), (num_samples, "num_samples"), (length, "length")):
+        as_int(value, "sampling", name)
+    if top_k is not None:
+        as_int(top_k, "sampling", "top_k")
     as_real(temperature, "sampling", "temperature")
     if top_p is not None:
         as_real(top_p, "sampling", "top_p")
